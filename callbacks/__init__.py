@@ -1,0 +1,1 @@
+"""Lightning callbacks that stream geomonitor's measurements to the trainer's loggers."""
