@@ -1,0 +1,24 @@
+"""Shared fixtures. W&B always runs offline here, in a temporary directory."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/wandb_offline.py, the run-file reader
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture
+def wandb_dir(tmp_path, monkeypatch):
+    """A fresh directory for W&B offline runs; yields its path."""
+    d = tmp_path / "wandb_root"
+    d.mkdir()
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(d))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    yield d
