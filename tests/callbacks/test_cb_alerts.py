@@ -132,6 +132,7 @@ def _digits(n=None):
 # -- edge of stability --------------------------------------------------------------------------
 def _eos_fit(tmp_path, wandb_dir=None, actions=None, max_steps=12):
     x, y = _regression_data()
+    torch.manual_seed(0)  # the model's initialisation
     model = _MLP()
     with torch.no_grad():  # choose lr = 3 x 2/sharpness at initialisation (full batch GD)
         ref = _DenseEoS(x, y)
