@@ -1,0 +1,301 @@
+"""The shared Lightning adapter behind every geometry callback.
+
+:class:`GeometryCallbackBase` owns what all monitors have in common — the probe set, the layer
+selection, the :class:`~geomonitor.callbacks.sinks.TrainerSink`, the background worker, error
+accounting, the progress bar and checkpoint state — and delegates the measuring itself to a
+list of *families* (:mod:`geomonitor.callbacks._families`). Each Lightning hook is a guard
+plus one private call.
+
+Guarantees:
+
+* **No observer effect.** Measurements run inside a fork of the CPU/CUDA, numpy and Python
+  RNG states; the probe set is read from ``dataloader.dataset`` by index with its own
+  generator (the train sampler is never iterated); forward passes are no-grad in eval mode;
+  the sharpness estimator restores parameters, gradients and BatchNorm statistics.
+* **Never kills training.** An exception inside a measurement (or a logger) is counted in
+  ``geometry/errors`` and warned once per family; ``strict=True`` re-raises instead.
+* **No thread outlives the Trainer.** The worker is closed (pending work finished and
+  logged) at ``on_fit_end``/``teardown`` and cancelled on ``on_exception`` (which Lightning
+  also calls on ``KeyboardInterrupt``).
+* **Distributed.** Every rank measures the same probe set (drawn by the same seeded indices
+  from the full dataset) with its own replica of the module: identical weights give identical
+  numbers, no collective is run (so none can deadlock), and only rank zero writes to the
+  loggers (Lightning's loggers are rank-zero only). ``callback_metrics`` agree on every rank,
+  so ``EarlyStopping``/``ModelCheckpoint`` on a ``geometry/`` metric decide consistently.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader
+
+from geomonitor.callbacks._families import Context, Measurement, _Family, default_forward
+from geomonitor.callbacks.sinks import TrainerSink
+from geomonitor.monitor.keys import metric_key
+from geomonitor.monitor.layers import LayerSelector, capture_activations
+from geomonitor.monitor.probe import ProbeSet
+from geomonitor.monitor.worker import BackgroundWorker
+
+__all__ = ["GeometryCallbackBase"]
+
+_STATE_VERSION = 1
+
+
+@contextlib.contextmanager
+def preserved_rng(device: torch.device) -> Iterator[None]:
+    """Restore the torch (CPU and ``device``), numpy and Python RNG states on exit."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    devices = [device] if device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+class GeometryCallbackBase(pl.Callback):
+    """Probe set, layers, sink, worker, errors, progress bar and state for a list of families.
+
+    Not used directly: see :class:`~geomonitor.callbacks.GeometryMonitor` and the focused
+    monitors, which check their arguments and build the families.
+    """
+
+    def __init__(self, families: Sequence[_Family], *, identity: Mapping[str, Any],
+                 layers: str | Sequence[str] = "auto", reduce: str = "flatten",
+                 probe_size: int = 256, probe_seed: int = 0, probe_data: Any = None,
+                 forward_fn: Callable[[Any, Any], Any] | None = None,
+                 prog_bar: Sequence[str] = (), strict: bool = False, max_pending: int = 4) -> None:
+        super().__init__()
+        self._families = list(families)
+        self._identity = dict(identity)
+        self._selector = LayerSelector(layers, reduce=reduce)
+        self.reduce = reduce
+        self.probe_size = probe_size
+        self.probe_seed = probe_seed
+        self.probe_data = probe_data
+        self.forward_fn = forward_fn
+        self.prog_bar = list(prog_bar)
+        self.strict = strict
+        self.max_pending = max_pending
+        self.errors: dict[str, int] = {}
+        self._warned: set[str] = set()
+        self._last: dict[str, int] = {}
+        self._latest: dict[str, float] = {}
+        self._probe: ProbeSet | None = None
+        self._probe_state: dict[str, Any] | None = None
+        self._modules: dict[str, torch.nn.Module] = {}
+        self._sink: TrainerSink | None = None
+        self._worker: BackgroundWorker | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(**self._identity)
+
+    # -- hooks: a guard and one call --------------------------------------------------------
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            self._setup(trainer, pl_module)
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._worker is not None:
+            self._draw_probe(trainer, pl_module)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._worker is not None:
+            self._step(trainer, pl_module, by_epoch=False)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._worker is not None:
+            self._step(trainer, pl_module, by_epoch=True)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._worker is not None:
+            self._finish(wait=True)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if self._worker is not None:
+            self._finish(wait=True, log=False)
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                     exception: BaseException) -> None:
+        if self._worker is not None:
+            self._finish(wait=False, log=False)
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Probe-set seed/indices, family states (sharpness warm start), counters.
+
+        Only tensors, numbers, strings and containers: loadable with
+        ``torch.load(..., weights_only=True)``.
+        """
+        probe = self._probe.state_dict() if self._probe is not None else self._probe_state
+        return {"version": _STATE_VERSION, "probe": probe,
+                "families": {f.name: f.state_dict() for f in self._families},
+                "errors": dict(self.errors), "last": dict(self._last)}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        version = state_dict.get("version")
+        if version != _STATE_VERSION:
+            raise ValueError(f"state_dict version must be {_STATE_VERSION}, got {version!r}")
+        self._probe_state = state_dict.get("probe")
+        if self._probe is not None and self._probe_state is not None:
+            self._probe.load_state_dict(self._probe_state)
+        fam_states = state_dict.get("families", {})
+        for fam in self._families:
+            if fam.name in fam_states:
+                fam.load_state_dict(fam_states[fam.name])
+        self.errors = {str(k): int(v) for k, v in state_dict.get("errors", {}).items()}
+        self._last = {str(k): int(v) for k, v in state_dict.get("last", {}).items()}
+
+    # -- implementation ---------------------------------------------------------------------
+    def _setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._sink = TrainerSink(trainer)
+        for fam in self._families:
+            reason = fam.setup(trainer, pl_module)
+            fam.enabled = reason is None
+            if reason is not None:
+                if self.strict:
+                    raise ValueError(f"{type(self).__name__}: {fam.name} cannot run: {reason}")
+                self._warn_once(fam.name, f"{fam.name} is disabled: {reason}")
+        if any(f.enabled and f.needs_activations for f in self._families):
+            self._modules = self._selector.resolve(pl_module)
+        if self._worker is not None:
+            self._worker.close(wait=False)
+        self._worker = BackgroundWorker(max_pending=self.max_pending)
+
+    def _draw_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not any(f.enabled and f.needs_probe for f in self._families):
+            return
+        data = self.probe_data
+        if data is None:
+            data = _first_loader(trainer.train_dataloader)
+        if isinstance(data, DataLoader):
+            probe = ProbeSet.from_dataloader(data, self.probe_size, seed=self.probe_seed)
+        elif isinstance(data, torch.Tensor):
+            probe = ProbeSet.from_tensors(data, size=self.probe_size, seed=self.probe_seed)
+        else:
+            probe = ProbeSet.from_tensors(*data, size=self.probe_size, seed=self.probe_seed)
+        if self._probe_state is not None:
+            probe.load_state_dict(self._probe_state)
+        self._probe = probe.to(pl_module.device)
+
+    def _step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, by_epoch: bool) -> None:
+        step = trainer.global_step
+        due = [f for f in self._families if f.enabled and self._last.get(f.name) != step
+               and (f.schedule.due_epoch(trainer.current_epoch) if by_epoch
+                    else f.schedule.due_step(step))]
+        if due:
+            self._measure(trainer, pl_module, due, step)
+        self._drain()
+        if not by_epoch:
+            self._show(pl_module)
+
+    def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+                 due: list[_Family], step: int) -> None:
+        batch = self._probe.batch if self._probe is not None else None
+        forward = self.forward_fn or default_forward
+
+        def capture() -> dict[str, torch.Tensor]:
+            return capture_activations(pl_module, self._modules,
+                                       lambda: forward(pl_module, batch), reduce=self.reduce)
+
+        ctx = Context(trainer, pl_module, step, batch, capture)
+        with preserved_rng(pl_module.device):
+            for fam in due:
+                self._last[fam.name] = step
+                try:
+                    result = fam.run(ctx)
+                except Exception as exc:  # noqa: BLE001 - measurement errors never stop training
+                    self._fail(fam.name, exc, step)
+                    continue
+                if isinstance(result, Measurement):
+                    self._emit(fam.name, step, result)
+                elif not self._worker.submit(step, _tagged(fam.name, result)):
+                    self._warn_once(f"{fam.name}/dropped", f"{fam.name} measurement at step "
+                                    f"{step} dropped: {self.max_pending} still pending")
+
+    def _drain(self) -> None:
+        for step, result, error in self._worker.drain():
+            if error is not None:
+                self._fail("worker", error, step)
+                continue
+            name, measurement, exc = result
+            if exc is not None:
+                self._fail(name, exc, step)
+            else:
+                self._emit(name, step, measurement)
+
+    def _emit(self, name: str, step: int, m: Measurement) -> None:
+        for exc in m.errors:
+            self._fail(name, exc, step)
+        try:
+            self._sink.log_metrics(m.metrics, step)
+            for key, dgms in m.diagrams.items():
+                self._sink.log_diagram(key, dgms, step)
+            for key, (names, values) in m.profiles.items():
+                self._sink.log_profile(key, names, values, step)
+        except Exception as exc:  # noqa: BLE001 - a failing logger never stops training
+            self._fail("logging", exc, step)
+        self._latest.update(m.metrics)
+
+    def _fail(self, kind: str, exc: BaseException, step: int) -> None:
+        if self.strict:
+            raise exc
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+        self._warn_once(kind, f"{kind} measurement failed at step {step}: {exc!r}; training "
+                        "continues (counted in geometry/errors; strict=True re-raises)")
+        with contextlib.suppress(Exception):
+            self._sink.log_metrics({metric_key("errors"): float(sum(self.errors.values()))}, step)
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            warnings.warn(f"{type(self).__name__}: {message}", RuntimeWarning, stacklevel=3)
+
+    def _show(self, pl_module: pl.LightningModule) -> None:
+        for name in self.prog_bar:
+            value = self._latest.get(f"geometry/{name}")
+            if value is not None:
+                pl_module.log(name, value, prog_bar=True, logger=False, on_step=True,
+                              on_epoch=False, batch_size=1)
+
+    def _finish(self, *, wait: bool, log: bool = True) -> None:
+        worker, self._worker = self._worker, None
+        worker.close(wait=wait)
+        if log:
+            self._worker = worker  # _drain reads self._worker
+            try:
+                self._drain()
+            finally:
+                self._worker = None
+
+
+def _tagged(name: str, job: Callable[[], Measurement]) -> Callable[[], tuple]:
+    def run() -> tuple[str, Measurement | None, BaseException | None]:
+        try:
+            return name, job(), None
+        except Exception as exc:  # noqa: BLE001 - reported on the training thread
+            return name, None, exc
+
+    return run
+
+
+def _first_loader(loaders: Any) -> Any:
+    """The train dataloader, or the first one of a list/dict of them."""
+    if isinstance(loaders, Mapping):
+        return next(iter(loaders.values()))
+    if isinstance(loaders, (list, tuple)) and loaders and isinstance(loaders[0], DataLoader):
+        return loaders[0]
+    if loaders is None:
+        raise ValueError("the trainer has no train dataloader to draw the probe set from; "
+                         "pass probe_data=...")
+    return loaders

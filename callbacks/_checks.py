@@ -1,0 +1,101 @@
+"""Argument checks shared by the geometry callbacks: ValueError naming argument, value, allowed."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from geomonitor.monitor.schedule import Every
+
+REDUCTIONS = ("flatten", "mean", "last")
+ID_METHODS = ("twonn", "mle", "pca")
+PROG_BAR_FAMILIES = ("sharpness", "eos_ratio", "n_hvp", "id", "ph", "neural_persistence", "errors")
+
+
+def positive_int(name: str, value: Any, *, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        allowed = "a positive int or None" if allow_none else "a positive int"
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def positive_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive float, got {value!r}")
+    return float(value)
+
+
+def choice(name: str, value: Any, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")
+    return value
+
+
+def schedule(prefix: str, every_n_steps: Any, every_n_epochs: Any) -> Every | None:
+    """The family's schedule, or None (family off) when both are None."""
+    positive_int(f"{prefix}every_n_steps", every_n_steps, allow_none=True)
+    positive_int(f"{prefix}every_n_epochs", every_n_epochs, allow_none=True)
+    if every_n_steps is None and every_n_epochs is None:
+        return None
+    return Every(n_steps=every_n_steps, n_epochs=every_n_epochs)
+
+
+def layers(value: Any) -> str | list[str]:
+    if isinstance(value, str) and value:
+        return value
+    if (isinstance(value, (list, tuple)) and value
+            and all(isinstance(v, str) and v for v in value)):
+        return list(value)
+    raise ValueError("layers must be 'auto', a module-name glob or a non-empty list of globs, "
+                     f"got {value!r}")
+
+
+def prog_bar(value: Any) -> list[str]:
+    """``"eos_ratio"`` / ``["sharpness", "id/fc1"]`` / ``None``: names after ``geometry/``."""
+    if value is None:
+        return []
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f"prog_bar must be a metric name, a list of them or None, got {value!r}")
+    for n in names:
+        if n.split("/")[0] not in PROG_BAR_FAMILIES:
+            raise ValueError(f"prog_bar entries must name a geometry metric without the "
+                             f"'geometry/' prefix, starting with one of {PROG_BAR_FAMILIES}, "
+                             f"got {n!r}")
+    return list(names)
+
+
+def probe_data(value: Any) -> Any:
+    import torch
+    from torch.utils.data import DataLoader
+
+    if value is None or isinstance(value, (DataLoader, torch.Tensor)):
+        return value
+    if isinstance(value, (list, tuple)) and value and all(isinstance(t, torch.Tensor) for t in value):
+        return tuple(value)
+    raise ValueError("probe_data must be None (draw from the train dataloader), a DataLoader, "
+                     f"a tensor or a tuple of tensors, got {type(value).__name__}")
+
+
+def flag(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def common(probe_size: Any, probe_seed: Any, data: Any, strict: Any, max_pending: Any) -> Any:
+    """Checks shared by every monitor; returns the normalised ``probe_data``."""
+    positive_int("probe_size", probe_size)
+    if isinstance(probe_seed, bool) or not isinstance(probe_seed, int) or probe_seed < 0:
+        raise ValueError(f"probe_seed must be a non-negative int, got {probe_seed!r}")
+    flag("strict", strict)
+    positive_int("max_pending", max_pending)
+    return probe_data(data)
+
+
+def landmarks(name: str, value: Any) -> int | None:
+    positive_int(name, value, allow_none=True)
+    if value is not None and value < 3:
+        raise ValueError(f"{name} must be >= 3 or None, got {value!r}")
+    return value

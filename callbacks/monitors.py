@@ -1,0 +1,139 @@
+"""Focused monitors: one measurement family each, same machinery as ``GeometryMonitor``.
+
+Use them when only one kind of measurement is wanted, or to give one family its own layers
+or probe set. Metric names, error handling, background work, checkpoint state and the
+distributed behaviour are those of :class:`~geomonitor.callbacks.GeometryMonitor`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from geomonitor.callbacks import _checks as check
+from geomonitor.callbacks._base import GeometryCallbackBase
+from geomonitor.callbacks._families import (IntrinsicDimensionFamily, NeuralPersistenceFamily,
+                                            SharpnessFamily, TopologyFamily)
+
+__all__ = ["IntrinsicDimensionMonitor", "SharpnessMonitor", "TopologyMonitor",
+           "NeuralPersistenceMonitor"]
+
+
+def _every(every_n_steps: Any, every_n_epochs: Any) -> Any:
+    every = check.schedule("", every_n_steps, every_n_epochs)
+    if every is None:
+        raise ValueError("every_n_steps and every_n_epochs are both None; set at least one "
+                         "to a positive int")
+    return every
+
+
+class IntrinsicDimensionMonitor(GeometryCallbackBase):
+    """Intrinsic dimension of layer activations on the probe set: ``geometry/id/<layer>``.
+
+    TwoNN by default (Facco et al., 2017, Sci. Rep. 7:12140); O(N^2 D) per layer. Under W&B
+    also the profile across layers (``geometry/id_profile``). Arguments as in
+    :class:`~geomonitor.callbacks.GeometryMonitor` (``method`` = ``id_method``).
+
+    Example:
+        >>> IntrinsicDimensionMonitor(layers="encoder.*", every_n_steps=20)  # doctest: +SKIP
+    """
+
+    def __init__(self, layers: str | list[str] = "auto", reduce: str = "flatten",
+                 method: str = "twonn", every_n_steps: int | None = 100,
+                 every_n_epochs: int | None = None, probe_size: int = 256, probe_seed: int = 0,
+                 probe_data: Any = None, log_profile: bool = True,
+                 prog_bar: str | list[str] | None = None,
+                 forward_fn: Callable[[Any, Any], Any] | None = None, strict: bool = False,
+                 max_pending: int = 4) -> None:
+        layers = check.layers(layers)
+        check.choice("reduce", reduce, check.REDUCTIONS)
+        check.choice("method", method, check.ID_METHODS)
+        check.flag("log_profile", log_profile)
+        probe_data = check.common(probe_size, probe_seed, probe_data, strict, max_pending)
+        fam = IntrinsicDimensionFamily(_every(every_n_steps, every_n_epochs), method=method,
+                                       log_profile=log_profile)
+        super().__init__([fam], identity=dict(layers=layers, reduce=reduce, method=method,
+                                              probe_size=probe_size, probe_seed=probe_seed),
+                         layers=layers, reduce=reduce, probe_size=probe_size,
+                         probe_seed=probe_seed, probe_data=probe_data, forward_fn=forward_fn,
+                         prog_bar=check.prog_bar(prog_bar), strict=strict,
+                         max_pending=max_pending)
+
+
+class SharpnessMonitor(GeometryCallbackBase):
+    """Sharpness of the training loss on the probe set and ``eos_ratio`` = sharpness/(2/η).
+
+    Cohen et al., 2021 (edge of stability); preconditioned for Adam-family optimizers (Cohen
+    et al., 2022). Cost ≤ ``max_hvp`` Hessian-vector products per measurement, warm-started.
+    η is ``trainer.optimizers[0].param_groups[0]["lr"]`` at the time of the measurement.
+
+    Example:
+        >>> SharpnessMonitor(every_n_steps=10, prog_bar=["sharpness", "eos_ratio"])  # doctest: +SKIP
+    """
+
+    def __init__(self, every_n_steps: int | None = 50, every_n_epochs: int | None = None,
+                 max_hvp: int = 20, tol: float = 1e-3, probe_size: int = 256,
+                 probe_seed: int = 0, probe_data: Any = None,
+                 loss_fn: Callable[[Any, Any], Any] | None = None,
+                 prog_bar: str | list[str] | None = "eos_ratio", strict: bool = False) -> None:
+        check.positive_int("max_hvp", max_hvp)
+        check.positive_float("tol", tol)
+        probe_data = check.common(probe_size, probe_seed, probe_data, strict, 1)
+        fam = SharpnessFamily(_every(every_n_steps, every_n_epochs), max_hvp=max_hvp, tol=tol,
+                              seed=probe_seed, loss_fn=loss_fn)
+        super().__init__([fam], identity=dict(probe_size=probe_size, probe_seed=probe_seed),
+                         probe_size=probe_size, probe_seed=probe_seed, probe_data=probe_data,
+                         prog_bar=check.prog_bar(prog_bar), strict=strict)
+
+
+class TopologyMonitor(GeometryCallbackBase):
+    """Persistence summaries of layer activations: ``geometry/ph/<layer>/<summary>``.
+
+    Vietoris–Rips H0/H1 by giotto-ph on ≤ ``n_landmarks`` maxmin landmarks, computed in a
+    background thread and logged against the step it measured; under W&B also the diagrams.
+
+    Example:
+        >>> TopologyMonitor(layers=["fc2"], every_n_epochs=1, n_landmarks=100)  # doctest: +SKIP
+    """
+
+    def __init__(self, layers: str | list[str] = "auto", reduce: str = "flatten",
+                 every_n_steps: int | None = None, every_n_epochs: int | None = 1,
+                 maxdim: int = 1, n_landmarks: int | None = 128, probe_size: int = 256,
+                 probe_seed: int = 0, probe_data: Any = None, log_diagrams: bool = True,
+                 prog_bar: str | list[str] | None = None,
+                 forward_fn: Callable[[Any, Any], Any] | None = None, strict: bool = False,
+                 max_pending: int = 4) -> None:
+        layers = check.layers(layers)
+        check.choice("reduce", reduce, check.REDUCTIONS)
+        if maxdim not in (0, 1):
+            raise ValueError(f"maxdim must be 0 or 1, got {maxdim!r}")
+        check.landmarks("n_landmarks", n_landmarks)
+        check.flag("log_diagrams", log_diagrams)
+        probe_data = check.common(probe_size, probe_seed, probe_data, strict, max_pending)
+        fam = TopologyFamily(_every(every_n_steps, every_n_epochs), maxdim=maxdim,
+                             n_landmarks=n_landmarks, seed=probe_seed, log_diagrams=log_diagrams)
+        super().__init__([fam], identity=dict(layers=layers, reduce=reduce, maxdim=maxdim,
+                                              probe_size=probe_size, probe_seed=probe_seed),
+                         layers=layers, reduce=reduce, probe_size=probe_size,
+                         probe_seed=probe_seed, probe_data=probe_data, forward_fn=forward_fn,
+                         prog_bar=check.prog_bar(prog_bar), strict=strict,
+                         max_pending=max_pending)
+
+
+class NeuralPersistenceMonitor(GeometryCallbackBase):
+    """Neural persistence of the Linear weights (Rieck et al., 2019, ICLR):
+    ``geometry/neural_persistence`` and ``geometry/neural_persistence/<layer>``.
+
+    Needs no probe set; weights are copied on the training thread, the spanning-tree work
+    runs in the background.
+
+    Example:
+        >>> NeuralPersistenceMonitor(every_n_epochs=1)  # doctest: +SKIP
+    """
+
+    def __init__(self, every_n_steps: int | None = None, every_n_epochs: int | None = 1,
+                 prog_bar: str | list[str] | None = None, strict: bool = False,
+                 max_pending: int = 4) -> None:
+        check.common(1, 0, None, strict, max_pending)
+        fam = NeuralPersistenceFamily(_every(every_n_steps, every_n_epochs))
+        super().__init__([fam], identity={}, prog_bar=check.prog_bar(prog_bar), strict=strict,
+                         max_pending=max_pending)
