@@ -1,0 +1,105 @@
+"""Early stopping on neural persistence: stop when the weights' topology stops growing.
+
+Rieck et al., "Neural Persistence: A Complexity Measure for Deep Neural Networks Using
+Algebraic Topology", ICLR 2019, Algorithm 2: at the end of every epoch compute the mean
+normalised neural persistence ``NP`` of the network (the average over layers of the
+normalised 2-norm of each layer's 0-dimensional persistence diagram under the descending
+filtration of its absolute weights); when ``NP > best + delta_min`` remember it and reset the
+counter, else count; stop when the counter reaches the patience ``g``. No validation data is
+needed: the criterion reads the weights only.
+
+:class:`NeuralPersistenceEarlyStopping` is Lightning's ``EarlyStopping`` with
+``monitor="geometry/neural_persistence"`` and ``mode="max"``: at every training-epoch end it
+computes the value with :func:`geomonitor.topology.neural_persistence_network`, logs it (and
+the per-layer values under ``geometry/neural_persistence/<layer>``) through
+:class:`TrainerSink` -- which also puts it in ``trainer.callback_metrics`` -- and then runs the
+parent's check, so patience, ``min_delta``, ``stopping_threshold``, ``check_finite``,
+``verbose``, the DDP-consistent stop decision and the checkpointed state are Lightning's own.
+
+Defaults: Algorithm 2's parameters are the patience ``g`` and ``delta_min``; the paper's
+experiments sweep the patience together with a burn-in (epochs before the criterion is
+applied) instead of fixing single values. We use ``min_delta = 0`` (Algorithm 2 with any
+increase counting as an improvement; NP of a trained network changes by ~1e-3 per epoch
+late in training, so a positive delta would be scale-dependent), ``patience = 3`` epochs
+(Lightning's default, within the range the paper sweeps) and ``burn_in = 0``.
+
+Cost per epoch: one neural-persistence evaluation, O(E log E) for E weights (a maximum
+spanning forest per layer). Failure modes: a model without layers that
+``neural_persistence_network`` understands raises its ``ValueError`` at the first epoch end;
+non-finite weights give a non-finite value, which stops training under ``check_finite=True``
+(Lightning's behaviour).
+
+Example:
+    >>> from geomonitor.callbacks.early_stopping import NeuralPersistenceEarlyStopping
+    >>> es = NeuralPersistenceEarlyStopping(patience=3)
+    >>> # pl.Trainer(callbacks=[es]).fit(model, train_loader)   # no val_dataloaders needed
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import EarlyStopping
+
+from geomonitor.callbacks.sinks import TrainerSink
+
+__all__ = ["NeuralPersistenceEarlyStopping", "NP_KEY"]
+
+#: ``geomonitor.monitor.keys.metric_key("neural_persistence")``
+NP_KEY = "geometry/neural_persistence"
+
+
+def _default_measure(model: Any) -> Any:
+    from geomonitor.topology import neural_persistence_network
+
+    return neural_persistence_network(model)
+
+
+class NeuralPersistenceEarlyStopping(EarlyStopping):
+    """Lightning ``EarlyStopping`` on the mean normalised neural persistence (Rieck et al. 2019).
+
+    Args:
+        patience: epochs without improvement before stopping (Algorithm 2's ``g``; >= 1).
+        min_delta: an improvement is ``NP > best + min_delta`` (Algorithm 2's ``delta_min``; >= 0).
+        burn_in: epochs at the start during which the value is logged but not checked (>= 0).
+        log_per_layer: also log ``geometry/neural_persistence/<layer>``.
+        measure: ``model -> result`` with fields ``mean`` and ``per_layer``; default
+            :func:`geomonitor.topology.neural_persistence_network` on the LightningModule.
+        verbose, check_finite, stopping_threshold, divergence_threshold, log_rank_zero_only:
+            as in ``EarlyStopping``.
+    """
+
+    def __init__(self, patience: int = 3, min_delta: float = 0.0, burn_in: int = 0, *,
+                 log_per_layer: bool = True, measure: Callable[[Any], Any] | None = None,
+                 verbose: bool = False, check_finite: bool = True,
+                 stopping_threshold: float | None = None, divergence_threshold: float | None = None,
+                 log_rank_zero_only: bool = False) -> None:
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 1:
+            raise ValueError(f"patience must be an int >= 1, got {patience!r}")
+        if isinstance(min_delta, bool) or not isinstance(min_delta, (int, float)) or not min_delta >= 0:
+            raise ValueError(f"min_delta must be a number >= 0, got {min_delta!r}")
+        if isinstance(burn_in, bool) or not isinstance(burn_in, int) or burn_in < 0:
+            raise ValueError(f"burn_in must be an int >= 0, got {burn_in!r}")
+        if measure is not None and not callable(measure):
+            raise ValueError(f"measure must be callable or None, got {measure!r}")
+        super().__init__(monitor=NP_KEY, min_delta=float(min_delta), patience=patience, verbose=verbose,
+                         mode="max", strict=True, check_finite=check_finite,
+                         stopping_threshold=stopping_threshold, divergence_threshold=divergence_threshold,
+                         check_on_train_epoch_end=True, log_rank_zero_only=log_rank_zero_only)
+        self.burn_in = burn_in
+        self.log_per_layer = bool(log_per_layer)
+        self.measure = measure or _default_measure
+        self.history: list[float] = []  # one value per epoch (bounded by max_epochs)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        result = self.measure(pl_module)
+        value = float(result.mean)
+        self.history.append(value)
+        metrics = {NP_KEY: value}
+        if self.log_per_layer:
+            metrics.update({f"{NP_KEY}/{name}": float(v) for name, v in result.per_layer.items()})
+        TrainerSink(trainer).log_metrics(metrics, step=trainer.global_step)
+        if trainer.current_epoch < self.burn_in:
+            return
+        super().on_train_epoch_end(trainer, pl_module)
