@@ -127,15 +127,6 @@ def default_forward(pl_module: nn.Module, batch: Any) -> Any:
                     "pass forward_fn=...")
 
 
-_ADAPTIVE = tuple(c for c in (getattr(torch.optim, n, None) for n in
-                              ("Adam", "AdamW", "NAdam", "RAdam", "Adamax")) if c is not None)
-
-
-def is_adaptive(optimizer: Any) -> bool:
-    """Adam-family optimizers: sharpness is measured on the preconditioned Hessian."""
-    return isinstance(optimizer, _ADAPTIVE)
-
-
 # -- families ---------------------------------------------------------------------------------
 class _Family:
     name: str = ""
@@ -234,10 +225,9 @@ class SharpnessFamily(_Family):
         optimizers = ctx.trainer.optimizers
         opt = optimizers[0] if optimizers else None
         lr = float(opt.param_groups[0]["lr"]) if opt is not None else None
-        if opt is not None and is_adaptive(opt):
-            res = self.estimator.measure(module, closure, optimizer=opt, lr=lr)
-        else:
-            res = self.estimator.measure(module, closure, lr=lr)
+        # the estimator picks the threshold from the optimizer: 2/η for SGD, (2+2β)/((1-β)η)
+        # with momentum, preconditioned sharpness for Adam/AdamW; η is the live group-0 lr
+        res = self.estimator.measure(module, closure, optimizer=opt, lr=lr)
         out = Measurement(metrics={metric_key("sharpness"): float(res.sharpness),
                                    metric_key("n_hvp"): float(res.n_hvp)})
         if res.eos_ratio is not None:
