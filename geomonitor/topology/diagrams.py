@@ -1,0 +1,163 @@
+"""Vietoris–Rips persistence diagrams of a point cloud: exact H0, landmark H1/H2.
+
+* **H0** is exact on every point: its finite deaths are the Euclidean minimum spanning tree
+  edge lengths (:mod:`geomonitor.topology.mst`), computed in torch on the cloud's device.
+* **H1 (and H2 on request)** come from giotto-ph (Pérez, Hess, et al., "giotto-ph: A Python
+  Library for High-Performance Computation of Persistent Homology of Vietoris–Rips
+  Filtrations", 2021) run on the precomputed distance matrix of ``n_landmarks``
+  farthest-point landmarks (:mod:`geomonitor.topology.landmarks`). With covering radius
+  ``eps`` (every point within ``eps`` of a landmark), the stability theorem for Rips
+  persistence (Chazal, de Silva & Oudot, "Persistence stability for geometric complexes",
+  Geom. Dedicata 173, 2014; Chazal et al., "Gromov-Hausdorff stable signatures for shapes
+  using persistence", SGP 2009) bounds the bottleneck distance to the full cloud's diagram:
+
+      d_B(Dgm_k(landmarks), Dgm_k(X)) <= 2 * d_GH(landmarks, X) <= 2 * eps.
+
+Conventions: bars are ``(birth, death)`` rows in float64 numpy arrays, one (n, 2) array per
+dimension 0..maxdim. Only finite bars with ``death > birth`` are kept, as in ripser: the one
+essential H0 class ``[0, inf)`` is *not* included (Rips H1/H2 of a finite cloud have no
+essential classes), and zero-length bars (duplicate points) are dropped.
+
+Example:
+    >>> g = torch.Generator().manual_seed(0)
+    >>> t = torch.rand(2000, generator=g) * 6.2832
+    >>> X = torch.stack([t.cos(), t.sin()], 1) + 0.05 * torch.randn(2000, 2, generator=g)
+    >>> dg = persistence_diagrams(X, maxdim=1, n_landmarks=200, generator=g)
+    >>> dg[1].shape, dg.bottleneck_bound          # one long H1 bar; d_B <= 2 eps
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from geomonitor._inputs import as_points
+from geomonitor.distances import pairwise_distances
+from geomonitor.topology.landmarks import farthest_point_sampling
+from geomonitor.topology.mst import DENSE_MAX, gram, mst_edges
+
+__all__ = ["Diagrams", "persistence_diagrams"]
+
+
+@dataclass(frozen=True)
+class Diagrams:
+    """Persistence diagrams of one point cloud.
+
+    Attributes:
+        diagrams: ``diagrams[k]`` is a float64 (n_k, 2) array of finite (birth, death) bars
+            of dimension k (essential H0 bar and zero-length bars excluded).
+        n_points: points used after dropping rows with NaN/Inf.
+        n_dropped: rows dropped for NaN/Inf.
+        n_landmarks: points used for dimensions >= 1 (= n_points when no subsampling).
+        hausdorff_radius: covering radius eps of the landmarks, max over points of the
+            distance to the nearest landmark (0 when every point is used).
+        h0_exact: whether H0 was computed on every point (else on the landmarks).
+    """
+
+    diagrams: tuple[np.ndarray, ...]
+    n_points: int
+    n_dropped: int
+    n_landmarks: int
+    hausdorff_radius: float
+    h0_exact: bool = True
+
+    @property
+    def maxdim(self) -> int:
+        return len(self.diagrams) - 1
+
+    @property
+    def bottleneck_bound(self) -> float:
+        """``2 * hausdorff_radius``: bound on the bottleneck distance between the landmark
+        diagrams (dimensions >= 1, and H0 when ``h0_exact`` is False) and the full cloud's."""
+        return 2.0 * self.hausdorff_radius
+
+    def __getitem__(self, dim: int) -> np.ndarray:
+        return self.diagrams[dim]
+
+    def __len__(self) -> int:
+        return len(self.diagrams)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.diagrams)
+
+
+def persistence_diagrams(
+    X: Any,
+    maxdim: int = 1,
+    *,
+    n_landmarks: int | None = None,
+    generator: torch.Generator | None = None,
+    exact_h0: bool = True,
+    n_threads: int = 1,
+    dense_max: int = DENSE_MAX,
+) -> Diagrams:
+    """Vietoris–Rips persistence of the rows of ``X`` (Euclidean distance), see module.
+
+    Args:
+        X: (N, D) point cloud (tensor on any device, or array). Rows with NaN/Inf are dropped
+            and counted; float16/bfloat16 is computed in float32; N >= 2 finite rows needed.
+        maxdim: highest homology dimension, 0 <= maxdim <= 3. Dimensions >= 1 cost up to
+            O(m^(maxdim + 2)) in the number m of landmarks; maxdim=2 wants m of a few hundred.
+        n_landmarks: farthest-point landmarks for dimensions >= 1 (>= 3), or None for every
+            point. If N <= n_landmarks every point is used (eps = 0); if the cloud has fewer
+            distinct points, sampling stops once every point is covered.
+        generator: draws the first landmark; default a fresh default-seeded generator.
+        exact_h0: H0 from the minimum spanning tree of every point (O(N^2 D)); if False, H0
+            comes from the landmarks too (then also within ``bottleneck_bound``).
+        n_threads: giotto-ph threads for dimensions >= 1.
+        dense_max: largest N for which H0 uses a dense N x N matrix (Prim); above it chunked
+            Borůvka keeps memory at O(N) per row chunk.
+
+    Returns:
+        :class:`Diagrams`.
+
+    Raises:
+        ValueError: invalid ``maxdim``, ``n_landmarks``, ``n_threads``, or fewer than 2
+            finite rows (see :func:`geomonitor._inputs.as_points`).
+
+    Cost: H0 O(N^2 D) flops on ``X.device``; landmarks O(m N D); landmark distance matrix
+    O(m^2 D); giotto-ph on m points (CPU).
+    """
+    if isinstance(maxdim, bool) or not isinstance(maxdim, int) or not 0 <= maxdim <= 3:
+        raise ValueError(f"maxdim must be an int in [0, 3], got {maxdim!r}")
+    if n_landmarks is not None and (isinstance(n_landmarks, bool) or not isinstance(n_landmarks, int)
+                                    or n_landmarks < 3):
+        raise ValueError(f"n_landmarks must be an int >= 3 or None, got {n_landmarks!r}")
+    if isinstance(n_threads, bool) or not isinstance(n_threads, int) or not (n_threads >= 1 or n_threads == -1):
+        raise ValueError(f"n_threads must be an int >= 1 (or -1 for all cores), got {n_threads!r}")
+    pts = as_points(X, min_points=2)
+    P, n = pts.X, pts.X.shape[0]
+
+    need_landmarks = maxdim >= 1 or not exact_h0
+    # one Gram matrix serves both the spanning tree and the landmarks when N x N fits
+    G = gram(P - P.mean(dim=0, keepdim=True)) if exact_h0 and n <= dense_max else None
+    idx, eps = torch.arange(n, device=P.device), 0.0
+    if need_landmarks and n_landmarks is not None:
+        idx, eps = farthest_point_sampling(P, n_landmarks, generator=generator, gram_matrix=G)
+    dgms: list[np.ndarray] = []
+    if exact_h0:
+        deaths = mst_edges(P, dense_max=dense_max, gram_matrix=G)[1].double().cpu().numpy()
+        del G
+        deaths = np.sort(deaths[deaths > 0])
+        dgms.append(np.stack([np.zeros_like(deaths), deaths], axis=1))
+    if need_landmarks:
+        dgms.extend(_ripser_landmarks(P[idx], maxdim, n_threads, skip_h0=exact_h0))
+    return Diagrams(tuple(dgms), n_points=n, n_dropped=pts.n_dropped, n_landmarks=int(idx.numel()),
+                    hausdorff_radius=float(eps), h0_exact=bool(exact_h0))
+
+
+def _ripser_landmarks(L: torch.Tensor, maxdim: int, n_threads: int, *, skip_h0: bool) -> list[np.ndarray]:
+    """giotto-ph on the float64 distance matrix of the landmarks; finite, positive bars."""
+    from gph import ripser_parallel
+
+    D = pairwise_distances(L.double()).cpu().numpy()
+    res = ripser_parallel(D, metric="precomputed", maxdim=maxdim, n_threads=n_threads)
+    out = []
+    for k, d in enumerate(res["dgms"]):
+        if skip_h0 and k == 0:
+            continue
+        d = np.asarray(d, dtype=np.float64).reshape(-1, 2)
+        out.append(d[np.isfinite(d[:, 1]) & (d[:, 1] > d[:, 0])])
+    return out

@@ -1,0 +1,66 @@
+"""Farthest-point landmarks and covering radius against brute force."""
+import pytest
+import torch
+
+from geomonitor.topology import farthest_point_sampling
+from geomonitor.topology.mst import gram
+
+
+def _cloud(n=400, d=6, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def test_maxmin_order_and_radius_match_brute_force():
+    X = _cloud()
+    idx, eps = farthest_point_sampling(X, 40, generator=torch.Generator().manual_seed(1))
+    D = torch.cdist(X, X)
+    assert idx[0] == torch.randint(400, (1,), generator=torch.Generator().manual_seed(1))
+    for t in range(1, 40):  # each landmark is the point farthest from the previous ones
+        mind = D[:, idx[:t]].min(dim=1).values
+        assert mind[idx[t]] == pytest.approx(float(mind.max()), abs=1e-9)
+    true_eps = float(D[:, idx].min(dim=1).values.max())
+    assert eps == pytest.approx(true_eps, abs=1e-9)
+    assert len(set(idx.tolist())) == 40
+
+
+def test_gram_rows_give_the_same_landmarks():
+    X = _cloud(seed=2).float()
+    a = farthest_point_sampling(X, 30, generator=torch.Generator().manual_seed(3))
+    b = farthest_point_sampling(X, 30, generator=torch.Generator().manual_seed(3),
+                                gram_matrix=gram(X - X.mean(0)))
+    assert torch.equal(a[0], b[0]) and a[1] == pytest.approx(b[1], rel=1e-5)
+
+
+def test_generator_picks_the_first_landmark():
+    X = _cloud(seed=4)
+    firsts = {int(farthest_point_sampling(X, 5, generator=torch.Generator().manual_seed(s))[0][0])
+              for s in range(6)}
+    assert len(firsts) > 1
+    before = torch.get_rng_state()
+    farthest_point_sampling(X, 5)  # default generator, global stream untouched
+    assert torch.equal(before, torch.get_rng_state())
+
+
+def test_more_landmarks_than_points_uses_all_with_zero_radius():
+    X = _cloud(10)
+    idx, eps = farthest_point_sampling(X, 50)
+    assert torch.equal(idx, torch.arange(10)) and eps == 0.0
+
+
+def test_fewer_distinct_points_than_landmarks_stops_early():
+    base = _cloud(7, 3, seed=5)
+    X = base.repeat(20, 1)
+    idx, eps = farthest_point_sampling(X, 30, generator=torch.Generator().manual_seed(0))
+    assert len(idx) == 7 and eps == 0.0
+    assert torch.cdist(X[idx], base).min(dim=0).values.max() == 0  # every distinct point taken
+
+
+def test_constant_cloud():
+    idx, eps = farthest_point_sampling(torch.full((50, 4), 3.25), 10)
+    assert len(idx) == 1 and eps == 0.0
+
+
+@pytest.mark.parametrize("bad", [0, -1, 2.5, True])
+def test_bad_n_landmarks_raises(bad):
+    with pytest.raises(ValueError, match=r"n_landmarks must be an int >= 1"):
+        farthest_point_sampling(_cloud(10), bad)

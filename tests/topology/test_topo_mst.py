@@ -1,0 +1,82 @@
+"""H0 of Rips persistence = Euclidean MST edge lengths, against giotto-ph."""
+import numpy as np
+import pytest
+import torch
+from gph import ripser_parallel
+
+from geomonitor.topology import mst_edge_lengths, mst_edges, persistence_diagrams
+from geomonitor.topology.mst import _prim_torch, gram
+
+
+def _gph_h0(X, tiny=0.0):
+    d = ripser_parallel(np.asarray(X, dtype=np.float64), maxdim=0)["dgms"][0][:, 1]
+    d = d[np.isfinite(d)]
+    return np.sort(d[d > tiny])
+
+
+def _cloud(n=300, d=5, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+@pytest.mark.parametrize("dense_max", [10_000, 10])  # Prim on the Gram matrix / chunked Borůvka
+def test_h0_deaths_equal_giotto_ph(dense_max):
+    X = _cloud()
+    got = mst_edge_lengths(X, dense_max=dense_max, chunk_size=37).numpy()
+    ref = _gph_h0(X)
+    assert got.shape == ref.shape == (299,)
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+
+
+def test_h0_float32_far_from_origin_equals_giotto_ph():
+    X = (_cloud(200, 8, seed=1) * 0.1 + 50.0).float()  # cancellation-prone for |a|^2 + |b|^2 - 2ab
+    got = persistence_diagrams(X, maxdim=0)[0]
+    ref = _gph_h0(X.double())
+    np.testing.assert_allclose(got[:, 1], ref, atol=1e-5)
+    assert (got[:, 0] == 0).all()
+
+
+@pytest.mark.parametrize("dense_max", [10_000, 10])
+def test_duplicates_give_zero_bars_that_are_dropped(dense_max):
+    X = _cloud(150, 4, seed=2)
+    Xd = torch.cat([X, X[:30], X[:5]])
+    got = persistence_diagrams(Xd, maxdim=0, dense_max=dense_max)[0][:, 1]
+    # giotto-ph reports duplicates as bars of length ~1e-8 (float32 distances): drop both sides
+    np.testing.assert_allclose(np.sort(got), _gph_h0(Xd, tiny=1e-6), atol=1e-5)
+    assert mst_edge_lengths(Xd, dense_max=dense_max).numpy()[:35].max() == 0.0
+
+
+def test_edges_form_a_spanning_tree_with_direct_lengths():
+    X = _cloud(120, 3, seed=3)
+    edges, lengths = mst_edges(X)
+    parent = list(range(120))
+
+    def find(a):
+        while parent[a] != a:
+            a = parent[a]
+        return a
+
+    for i, j in edges.tolist():
+        assert find(i) != find(j)
+        parent[find(i)] = find(j)
+    np.testing.assert_allclose(lengths.numpy(), (X[edges[:, 0]] - X[edges[:, 1]]).norm(dim=1).numpy())
+
+
+def test_torch_prim_path_equals_giotto_ph():  # the path taken on accelerators, run here on CPU
+    X = _cloud(200, 6, seed=4)
+    Xc = X - X.mean(0)
+    edges = _prim_torch(*gram(Xc))
+    got = np.sort((Xc[edges[:, 0]] - Xc[edges[:, 1]]).norm(dim=1).numpy())
+    np.testing.assert_allclose(got, _gph_h0(X), atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_h0_on_cuda_equals_giotto_ph():
+    X = _cloud(500, 16, seed=5)
+    got = mst_edge_lengths(X.cuda())
+    assert got.device.type == "cuda"
+    np.testing.assert_allclose(got.cpu().numpy(), _gph_h0(X), atol=1e-5)
+
+
+def test_single_point_has_no_edges():
+    edges, lengths = mst_edges(torch.zeros(1, 3))
+    assert edges.shape == (0, 2) and lengths.shape == (0,)
