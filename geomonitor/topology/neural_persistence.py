@@ -20,7 +20,9 @@ Measure for Deep Neural Networks Using Algebraic Topology", ICLR 2019:
 absolute weight of the **whole network**; :func:`neural_persistence_network` does so by
 default (``normalization="network"``). The single-layer :func:`neural_persistence` divides by
 the layer's own largest weight unless ``w_max`` is given; ``normalization="layer"`` applies
-that per layer.
+that per layer. With network normalisation a layer whose weights are all zero is defined
+(every persistence is 1, value 1); with layer normalisation it raises ``ValueError``, as does a
+network whose weights are all zero.
 
 Convolutions: a kernel of shape (out, in, k1, ..., kd) is treated as the (out, in) matrix of
 its largest absolute weight over the spatial positions, i.e. channel i connects to channel o
