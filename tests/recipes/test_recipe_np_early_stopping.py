@@ -1,0 +1,37 @@
+"""Smoke test of recipes/np_early_stopping.py: two short runs, table, figure, W&B offline runs."""
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+
+import pytest
+
+import wandb_offline
+
+_RECIPE = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "np_early_stopping.py")
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("np_early_stopping_recipe", _RECIPE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_recipe_smoke(tmp_path, wandb_dir, capsys):
+    topology = pytest.importorskip("geomonitor.topology")
+    if not hasattr(topology, "neural_persistence_network"):
+        pytest.skip("geomonitor.topology.neural_persistence_network not available")
+    rows = _load().main(["--seeds", "1", "--max-epochs", "2", "--out", str(tmp_path)])
+    assert [r["method"] for r in rows] == ["neural persistence", "validation loss"]
+    for r in rows:
+        assert 1 <= r["epochs"] <= 2 and r["saved"] == 2 - r["epochs"]
+        assert 0.3 < r["test_acc"] <= 1.0  # well above chance (0.1) after two Adam epochs on digits
+    out = capsys.readouterr().out
+    assert "| seed | method | epochs trained (of 2) | epochs saved | test accuracy |" in out
+    assert os.path.getsize(tmp_path / "np_early_stopping.png") > 1000
+    runs = [f for f in glob.glob(str(tmp_path / "**" / "run-*.wandb"), recursive=True) if "latest-run" not in f]
+    assert len(runs) == 2
+    np_rows = [h for f in runs for h in wandb_offline.history(f) if "geometry/neural_persistence" in h]
+    assert np_rows and all(0.0 <= h["geometry/neural_persistence"] <= 1.0 for h in np_rows)
