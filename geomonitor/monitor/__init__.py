@@ -1,1 +1,18 @@
-"""monitor."""
+"""Monitor logic, framework-agnostic (torch + numpy): when, what and on which inputs to measure.
+
+* :class:`Every` -- the schedule (:mod:`.schedule`);
+* :func:`metric_key`, :data:`FAMILIES` -- metric names, built only here (:mod:`.keys`);
+* :class:`ProbeSet` -- the fixed, seeded probe inputs (:mod:`.probe`);
+* :class:`LayerSelector`, :func:`reduce_output`, :func:`capture_activations` -- which modules
+  and their outputs as (N, D) point clouds (:mod:`.layers`);
+* :class:`BackgroundWorker` -- CPU-heavy jobs off the training thread (:mod:`.worker`);
+* alert rules live in :mod:`geomonitor.monitor.alerts`.
+"""
+from geomonitor.monitor.keys import FAMILIES, PREFIX, metric_key
+from geomonitor.monitor.layers import REDUCTIONS, LayerSelector, capture_activations, reduce_output
+from geomonitor.monitor.probe import ProbeSet
+from geomonitor.monitor.schedule import Every
+from geomonitor.monitor.worker import BackgroundWorker
+
+__all__ = ["Every", "FAMILIES", "PREFIX", "metric_key", "ProbeSet", "LayerSelector", "REDUCTIONS",
+           "reduce_output", "capture_activations", "BackgroundWorker"]

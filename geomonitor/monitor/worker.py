@@ -1,0 +1,163 @@
+"""A background worker: CPU-heavy measurements off the training thread, results back on it.
+
+Persistence diagrams and neural persistence take tens to hundreds of milliseconds; running
+them on one daemon thread lets the training loop continue (PyTorch and giotto-ph release the
+GIL in their kernels). The design is the bounded producer/consumer queue:
+
+* :meth:`BackgroundWorker.submit` enqueues ``fn`` tagged with its step and returns ``True``,
+  or returns ``False`` and counts a drop (``dropped``) when ``max_pending`` jobs are already
+  queued or running -- the training loop never blocks on the monitor.
+* One thread runs the jobs in submission order. An exception inside a job is caught (any
+  ``BaseException``) and handed back; it never escapes in the worker thread.
+* :meth:`BackgroundWorker.drain` (training thread) returns the finished
+  ``(step, result, error)`` triples, in submission order, and forgets them.
+* :meth:`BackgroundWorker.close` with ``wait=True`` finishes the pending jobs, with
+  ``wait=False`` cancels the ones not yet started (counted in ``cancelled``; the running one
+  finishes), then joins the thread. Idempotent. ``submit`` after ``close`` raises
+  ``RuntimeError`` (a closed worker is a programming error, not a full queue).
+
+The thread starts on the first ``submit`` and waits on a condition variable (no polling).
+If ``close`` times out because a job is still running, the remaining queued jobs are
+cancelled, a ``RuntimeWarning`` says so, and the (daemon) thread ends when that job returns;
+it never keeps the interpreter alive.
+
+Memory: at most ``max_pending`` jobs, plus finished results until they are drained.
+
+Example:
+    >>> w = BackgroundWorker(max_pending=2)
+    >>> w.submit(10, lambda: 1 + 1)
+    True
+    >>> w.close()
+    >>> w.drain()
+    [(10, 2, None)]
+"""
+from __future__ import annotations
+
+import threading
+import warnings
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["BackgroundWorker"]
+
+
+class BackgroundWorker:
+    """One daemon thread, a bounded queue; results come back to the caller's thread.
+
+    Args:
+        max_pending: most jobs queued or running at once; further ``submit`` calls drop.
+
+    Attributes:
+        dropped: jobs refused by ``submit`` because the queue was full.
+        cancelled: jobs discarded unstarted by ``close(wait=False)`` (or a timed-out close).
+
+    Raises:
+        ValueError: ``max_pending`` not a positive int.
+    """
+
+    def __init__(self, max_pending: int = 4) -> None:
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+            raise ValueError(f"max_pending must be a positive int, got {max_pending!r}")
+        self.max_pending = max_pending
+        self.dropped = 0
+        self.cancelled = 0
+        self._cond = threading.Condition()
+        self._queue: deque[tuple[int, Callable[[], Any]]] = deque()
+        self._done: list[tuple[int, Any, BaseException | None]] = []
+        self._running = 0
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    @property
+    def pending(self) -> int:
+        """Jobs queued or running (finished, undrained results are not counted)."""
+        with self._cond:
+            return len(self._queue) + self._running
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def submit(self, step: int, fn: Callable[[], Any]) -> bool:
+        """Queue ``fn()`` for the step ``step``; ``False`` (and ``dropped += 1``) when full.
+
+        Raises:
+            ValueError: ``step`` not an int, ``fn`` not callable.
+            RuntimeError: the worker is closed.
+        """
+        if isinstance(step, bool) or not isinstance(step, int):
+            raise ValueError(f"step must be an int, got {step!r}")
+        if not callable(fn):
+            raise ValueError(f"fn must be a zero-argument callable, got {type(fn).__name__}")
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("submit on a closed BackgroundWorker")
+            if len(self._queue) + self._running >= self.max_pending:
+                self.dropped += 1
+                return False
+            self._queue.append((step, fn))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="geomonitor-worker",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+        return True
+
+    def drain(self) -> list[tuple[int, Any, BaseException | None]]:
+        """Finished ``(step, result, error)`` in submission order; ``error`` is ``None`` on
+        success (then ``result`` is ``fn()``'s value), else the exception (``result`` ``None``)."""
+        with self._cond:
+            done, self._done = self._done, []
+        return done
+
+    def close(self, *, wait: bool = True, timeout: float | None = 30.0) -> None:
+        """Stop accepting jobs; finish (``wait=True``) or cancel (``wait=False``) the queued
+        ones; join the thread for at most ``timeout`` seconds (``None``: no limit). Idempotent."""
+        with self._cond:
+            self._closed = True
+            if not wait:
+                self._cancel_queued()
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is None or thread is threading.current_thread():
+            return
+        thread.join(timeout)
+        if thread.is_alive():
+            with self._cond:
+                self._cancel_queued()
+            warnings.warn(f"BackgroundWorker.close: a job still running after {timeout} s; queued "
+                          "jobs cancelled, the daemon thread ends when that job returns",
+                          RuntimeWarning, stacklevel=2)
+
+    def _cancel_queued(self) -> None:
+        self.cancelled += len(self._queue)
+        self._queue.clear()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:  # closed and nothing left
+                    return
+                step, fn = self._queue.popleft()
+                self._running = 1
+            try:
+                result, error = fn(), None
+            except BaseException as exc:  # noqa: BLE001 - handed back by drain()
+                result, error = None, exc
+            with self._cond:
+                self._done.append((step, result, error))
+                self._running = 0
+                self._cond.notify_all()
+
+    def __enter__(self) -> BackgroundWorker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close(wait=exc[0] is None)
+
+    def __repr__(self) -> str:
+        return (f"BackgroundWorker(max_pending={self.max_pending}, pending={self.pending}, "
+                f"dropped={self.dropped}, closed={self._closed})")
