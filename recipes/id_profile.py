@@ -95,6 +95,33 @@ def profile(model: DeepMLP, x: torch.Tensor) -> list[float]:
     return [float(intrinsic_dimension(reps[k], method="twonn")) for k in LAYERS]
 
 
+class _DirectIDMonitor(pl.Callback):
+    """Stand-in used only while :mod:`geomonitor.callbacks` cannot be imported: the same
+    ``geometry/id/<layer>`` metrics every epoch, from :func:`profile` on ``probe``, logged
+    through :class:`~geomonitor.callbacks.sinks.TrainerSink`."""
+
+    def __init__(self, probe: torch.Tensor) -> None:
+        self.probe, self.errors = probe, {}
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: DeepMLP) -> None:
+        from geomonitor.callbacks.sinks import TrainerSink
+
+        values = profile(pl_module, self.probe.to(pl_module.device))
+        TrainerSink(trainer).log_metrics(
+            {f"geometry/id/{k}": v for k, v in zip(LAYERS, values)}, trainer.global_step)
+
+
+def make_monitor(probe_x: torch.Tensor, probe_size: int, seed: int) -> pl.Callback:
+    """``IntrinsicDimensionMonitor`` on every layer, every epoch, on a fixed probe set."""
+    try:
+        from geomonitor.callbacks import IntrinsicDimensionMonitor
+    except ImportError as exc:  # the monitor's dependencies are not installed
+        print(f"IntrinsicDimensionMonitor unavailable ({exc}); measuring directly")
+        return _DirectIDMonitor(probe_x)
+    return IntrinsicDimensionMonitor(layers=LAYERS, method="twonn", every_n_steps=None,
+                                     every_n_epochs=1, probe_size=probe_size, probe_seed=seed)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     add_common_args(parser, out=os.path.join("recipes", "out", "id_profile.png"))
@@ -107,16 +134,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     pl.seed_everything(args.seed, verbose=False)
 
-    from geomonitor.callbacks import IntrinsicDimensionMonitor
-
     train, val = digits_loaders(batch_size=64, seed=args.seed)
     model = DeepMLP(lr=args.lr)
-    monitor = IntrinsicDimensionMonitor(layers=LAYERS, method="twonn", every_n_steps=None,
-                                        every_n_epochs=1, probe_size=args.probe_size,
-                                        probe_seed=args.seed)
     probe_x = train.dataset.tensors[0][
         torch.randperm(len(train.dataset), generator=torch.Generator().manual_seed(args.seed))
         [: args.probe_size]]
+    monitor = make_monitor(probe_x, args.probe_size, args.seed)
     initial = profile(model, probe_x)
 
     logger = make_logger(args.logger, args.save_dir, "id_profile", online=args.online)

@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 import torch
 
-import wandb_offline
-
 _RECIPE = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "id_profile.py")
 
 
@@ -61,12 +59,11 @@ def test_representations_follow_the_layers():
     torch.testing.assert_close(reps["out"], model(x))
 
 
-@pytest.mark.parametrize("logger", ["csv", "wandb"])
-def test_id_profile_smoke(tmp_path, wandb_dir, logger):
+def test_id_profile_smoke_csv(tmp_path):
     pytest.importorskip("geomonitor.intrinsic", reason="estimators not installed")
     m = _load()
     out = tmp_path / "id_profile.png"
-    res = m.main(["--max-epochs", "2", "--probe-size", "200", "--logger", logger,
+    res = m.main(["--max-epochs", "2", "--probe-size", "200", "--logger", "csv",
                   "--save-dir", str(tmp_path), "--out", str(out)])
     assert out.stat().st_size > 20_000
     assert res["errors"] == {}
@@ -87,12 +84,15 @@ def test_id_profile_smoke(tmp_path, wandb_dir, logger):
     perm = torch.randperm(len(X), generator=torch.Generator().manual_seed(0))
     held = np.unique(X[perm[int(0.8 * len(X)):].numpy()] / 16.0, axis=0)
     ref = skdim.id.TwoNN(discard_fraction=0.1).fit(held).dimension_
-    assert res["held_out"][0] == pytest.approx(ref, rel=0.2)
+    assert res["held_out"][0] == pytest.approx(ref, rel=1e-3)  # same estimator as skdim
     assert "ID profile (TwoNN)" in res["summary"]
-    if logger == "wandb":
-        assert "wandb sync" in res["message"]
-        rows = wandb_offline.history(wandb_offline.find_run_file(str(tmp_path)))
-        logged = [r["geometry/id/h2"] for r in rows if "geometry/id/h2" in r]
-        assert logged == pytest.approx([v for _, v in s["geometry/id/h2"]])
-    else:
-        assert "CSVLogger output in" in res["message"]
+    # what reached the CSV logger's file
+    assert "CSVLogger output in" in res["message"]
+    import csv
+
+    path = res["message"].split("CSVLogger output in ")[1].strip()
+    with open(os.path.join(path, "metrics.csv")) as f:
+        rows = list(csv.DictReader(f))
+    for layer in m.LAYERS:
+        logged = [float(r[f"geometry/id/{layer}"]) for r in rows if r.get(f"geometry/id/{layer}")]
+        assert logged == pytest.approx([v for _, v in s[f"geometry/id/{layer}"]]), layer
