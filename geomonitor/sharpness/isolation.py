@@ -12,7 +12,8 @@ pass or a loss function may change:
 ====================================  =====================================================
 state                                 handling
 ====================================  =====================================================
-parameter values                      never written by a measurement; checked, not copied
+parameter values                      never written by a measurement; in-place writes are
+                                      detected (version counter, not ``.data``) and raise
 ``.grad`` of every parameter          reference and contents saved, restored (None stays None)
 buffers (BatchNorm running stats,     cloned before, copied back after
 ``num_batches_tracked``, ...)
