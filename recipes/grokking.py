@@ -1,6 +1,6 @@
 """Grokking on modular addition, seen through the geometry monitor.
 
-    python recipes/grokking.py                     # W&B offline; see the docstring's numbers for time
+    python recipes/grokking.py                     # W&B offline, about a minute on a CPU core
     python recipes/grokking.py --online            # stream to W&B
     python recipes/grokking.py --logger csv        # or tensorboard
 
@@ -26,9 +26,32 @@ against ``train/acc`` and ``test/acc``. The figure (``--out``, default
 W_E, and W_E projected on the plane of its strongest Fourier frequency (a circle when the
 model has grokked).
 
-Measured with default arguments, ``--seed 0`` (printed again at the end of a run)::
+Defaults: p = 59, 40% of the 3481 pairs for training (1392), d_model 64, 4 heads, AdamW
+lr 1e-3, weight decay 3, full batch, 3000 steps; ID and persistence every 50 steps, sharpness
+(<= 20 Hessian-vector products) every 100. Measured with the defaults (``--seed 0``, one torch
+thread: 64 s wall on a loaded 2-core CPU; the summary is printed at the end of a run)::
 
-    FILLED IN FROM A MEASURED RUN, SEE THE SUMMARY PRINTED BY main()
+    memorised (train acc >= 0.99) at step 299; grokked (test acc >= 0.95) at step 899
+    final train acc 1.000, test acc 0.986
+              ID of W_E: 29.9 (step 50), 15.6 (memorised), 8.77 (grokked), 16.6 (step 3000)
+     H1 max persistence: 0.101 (step 50), 0.206 (memorised), 0.345 (grokked), 0.578 (step 3000)
+                H1 bars: 48, 52, 38, 39
+              eos_ratio: 3.55 (step 100), 0.941 (memorised), 0.829 (grokked), 0.836 (step 3000)
+    final W_E: strongest Fourier frequency k=21 holds 40% of the embedding energy
+
+What this shows, honestly: generalisation is *delayed* (test accuracy reaches 0.95 three
+times later than train accuracy reaches 0.99) but not the textbook grokking plateau at chance:
+test accuracy climbs steadily from 0.4 at memorisation. Smaller training fractions give the
+long flat plateau but did not generalise within the time budget here (``--train-frac 0.3``:
+test accuracy 0.02-0.05 after 2400 steps at weight decay 3 and after 9300 steps at weight
+decay 1). The embedding geometry moves with generalisation: the largest H1 bar grows
+throughout (0.21 -> 0.35 -> 0.58) as the tokens settle on circles (the last panel: W_E on
+its strongest Fourier plane is a circle ordered by 21a mod p), and the TwoNN dimension of the
+59 embedding vectors falls to its minimum (about 8) near the test-accuracy jump, then rises
+again while weight decay keeps reshaping W_E. The preconditioned sharpness settles below
+AdamW's stability threshold by memorisation and stays flat through the jump: it does not mark
+grokking here. TwoNN on 59 points is a coarse estimate; the numbers move by about 100 steps
+with 2 torch threads (non-deterministic CPU reductions).
 """
 from __future__ import annotations
 
@@ -166,51 +189,11 @@ def fourier_circle(W: torch.Tensor) -> tuple[int, torch.Tensor, float]:
     return k, (W @ basis).float(), share
 
 
-class _DirectMonitor(pl.Callback):
-    """Stand-in used only while :mod:`geomonitor.callbacks` cannot be imported: the same
-    metrics from the core estimators, logged through
-    :class:`~geomonitor.callbacks.sinks.TrainerSink`."""
-
-    def __init__(self, every: int, sharpness_every: int, probe: tuple[torch.Tensor, ...],
-                 seed: int) -> None:
-        from geomonitor.sharpness import SharpnessEstimator
-
-        self.every, self.sharpness_every, self.probe = every, sharpness_every, probe
-        self.estimator = SharpnessEstimator(k=1, max_hvp=20, seed=seed)
-        self.errors: dict[str, int] = {}
-
-    def on_train_batch_end(self, trainer: pl.Trainer, module: ModAddTransformer, outputs: Any,
-                           batch: Any, batch_idx: int) -> None:
-        from geomonitor.callbacks.sinks import TrainerSink
-        from geomonitor.intrinsic import intrinsic_dimension
-        from geomonitor.topology import persistence_diagrams, summarize
-
-        step, metrics = trainer.global_step, {}
-        if step % self.every == 0:
-            with torch.no_grad():
-                W = embedding_rows(module, None)
-            metrics["geometry/id/embed"] = float(intrinsic_dimension(W))
-            for k, v in summarize(persistence_diagrams(W, maxdim=1)).items():
-                metrics[f"geometry/ph/embed/{k}"] = v
-        if step % self.sharpness_every == 0:
-            opt = trainer.optimizers[0]
-            res = self.estimator.measure(module, lambda: module._step(self.probe)[0],
-                                         optimizer=opt, lr=opt.param_groups[0]["lr"])
-            metrics["geometry/sharpness"] = res.sharpness
-            if res.eos_ratio is not None:
-                metrics["geometry/eos_ratio"] = res.eos_ratio
-        if metrics:
-            TrainerSink(trainer).log_metrics(metrics, step)
-
-
 def make_monitor(args: argparse.Namespace, probe: tuple[torch.Tensor, ...]) -> pl.Callback:
     """``GeometryMonitor`` on the embedding rows (ID, persistence) and the full-batch training
     loss (Adam-preconditioned sharpness); neural persistence off."""
-    try:
-        from geomonitor.callbacks import GeometryMonitor
-    except ImportError as exc:  # the monitor's dependencies are not installed
-        print(f"GeometryMonitor unavailable ({exc}); measuring directly")
-        return _DirectMonitor(args.every, args.sharpness_every, probe, args.seed)
+    from geomonitor.callbacks import GeometryMonitor
+
     return GeometryMonitor(
         layers=["embed"], probe_data=probe, probe_size=len(probe[0]), probe_seed=args.seed,
         forward_fn=embedding_rows,
@@ -230,8 +213,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-steps", type=int, default=3000)
     parser.add_argument("--every", type=int, default=50,
                         help="steps between test evaluations and ID/persistence measurements")
-    parser.add_argument("--sharpness-every", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--sharpness-every", type=int, default=100)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads; 1 makes the run bit-for-bit reproducible (with "
+                             "more, CPU reductions change order and the step of the test-"
+                             "accuracy jump moves by about a hundred steps)")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     pl.seed_everything(args.seed, verbose=False)
@@ -312,6 +298,7 @@ def figure(series: dict[str, list[tuple[int, float]]], W: torch.Tensor, lr: floa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
 
     from geomonitor.topology import persistence_diagrams
@@ -340,8 +327,10 @@ def figure(series: dict[str, list[tuple[int, float]]], W: torch.Tensor, lr: floa
     ax[1, 0].axhline(1.0, color="k", ls="--", lw=1, label="stability threshold")
     ax[1, 0].set(title="Adam-preconditioned sharpness / threshold (eos_ratio)")
     ax[1, 0].legend(fontsize=8)
+    last = max((st for v in series.values() for st, _ in v), default=10)
     for a_ in panels:
-        a_.set(xscale="log", xlabel="step")
+        a_.set(xscale="log", xlabel="step", xlim=(5, 1.2 * last))
+        a_.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         for step, style in ((mem, ":"), (grok, "--")):
             if step is not None:
                 a_.axvline(step, color="k", ls=style, lw=0.8)

@@ -124,3 +124,14 @@ def test_grokking_smoke_wandb_offline(tmp_path, wandb_dir):
         logged = [r[key] for r in rows if key in r]
         assert logged == pytest.approx([v for _, v in s[key]]), key
     assert any("test/acc" in r and np.isfinite(r["test/acc"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_grokking_default_run_groks(tmp_path, wandb_dir):
+    """The default recipe (a few minutes): memorises first, generalises later (Power et al.
+    2022), and ends with the tokens on a Fourier circle (Nanda et al. 2023)."""
+    res = _load().main(["--save-dir", str(tmp_path), "--out", str(tmp_path / "g.png")])
+    summary = res["summary"]
+    assert summary["memorised"] is not None and summary["grokked"] is not None
+    assert summary["grokked"] >= 2 * summary["memorised"]
+    assert summary["frequency_share"] > 0.2  # uniform energy over 29 frequencies would be 1/29

@@ -76,8 +76,14 @@ def test_id_profile_smoke_csv(tmp_path):
     # the probe set is fixed: the input's ID is the same number at every measurement
     inp = [v for _, v in s["geometry/id/inp"]]
     assert inp[0] == inp[1]
-    # the held-out profile's input ID against scikit-dimension's TwoNN on the same images
+    # ... which is the recipe's probe (the initial profile's points), measured by skdim too
     import skdim
+
+    assert res["probe"].shape == (200, 64)
+    assert res["initial"][0] == pytest.approx(inp[0], rel=1e-6)
+    assert inp[0] == pytest.approx(skdim.id.TwoNN(discard_fraction=0.1).fit(
+        res["probe"].double().numpy()).dimension_, rel=1e-3)
+    # the held-out profile's input ID against scikit-dimension's TwoNN on the same images
     from sklearn.datasets import load_digits
 
     X, _ = load_digits(return_X_y=True)
@@ -96,3 +102,14 @@ def test_id_profile_smoke_csv(tmp_path):
     for layer in m.LAYERS:
         logged = [float(r[f"geometry/id/{layer}"]) for r in rows if r.get(f"geometry/id/{layer}")]
         assert logged == pytest.approx([v for _, v in s[f"geometry/id/{layer}"]]), layer
+
+
+@pytest.mark.slow
+def test_id_profile_default_run_compresses(tmp_path, wandb_dir):
+    """The default recipe: after training, the last hidden layer's ID is well below the
+    input's (Ansuini et al. 2019, Fig. 1) and below its own value at initialisation."""
+    m = _load()
+    res = m.main(["--save-dir", str(tmp_path), "--out", str(tmp_path / "p.png")])
+    final = [res["series"][f"geometry/id/{k}"][-1][1] for k in m.LAYERS]
+    assert final[4] < 0.8 * final[0]
+    assert final[4] < res["initial"][4]
