@@ -9,8 +9,7 @@ a layer's activations) it times, median of ``--repeats`` runs:
 * ``skdim twonn`` / ``skdim mle``: ``skdim.id.TwoNN().fit(X).dimension_`` and
   ``skdim.id.MLE().fit(X, n_neighbors=20).dimension_`` (CPU, same thread count);
 
-and prints a markdown table with the machine and the command. ``--proposed-knn`` adds the
-TwoNN time with the fused-GEMM neighbour search proposed for ``geomonitor.distances.knn``.
+and prints a markdown table with the machine and the command.
 
     python benchmarks/bench_intrinsic_dimension.py                 # CPU, 2 threads
     python benchmarks/bench_intrinsic_dimension.py --device cuda --sizes 10000x512 50000x4096 --no-skdim
@@ -51,36 +50,6 @@ def bare_product(X: torch.Tensor) -> None:
         X[s : s + cs] @ X.T
 
 
-def proposed_knn(X: torch.Tensor, k: int, *, chunk_size: int | None = None, refine: bool = True):
-    """``distances.knn`` with one fused GEMM per block: ``addmm(|b|^2, A, B^T, alpha=-2)``.
-
-    ``|a|^2`` is constant along a row, so it cannot change the row's ranking; it is added
-    back on the k selected entries only, which removes three full passes over every block.
-    """
-    n = X.shape[0]
-    X = X - X.mean(dim=0, keepdim=True)
-    cs = chunk_size or distances.auto_chunk_size(n, n)
-    x_sq = (X * X).sum(dim=1)
-    dists = torch.empty(n, k, dtype=X.dtype, device=X.device)
-    index = torch.empty(n, k, dtype=torch.long, device=X.device)
-    for s in range(0, n, cs):
-        e = min(s + cs, n)
-        block = torch.addmm(x_sq, X[s:e], X.T, beta=1.0, alpha=-2.0)
-        block[torch.arange(e - s, device=X.device), torch.arange(s, e, device=X.device)] = float("inf")
-        d2, idx = torch.topk(block, k, dim=1, largest=False, sorted=True)
-        del block
-        dists[s:e] = (d2 + x_sq[s:e, None]).clamp_min_(0.0).sqrt_()
-        index[s:e] = idx
-    if refine:
-        sub = distances.auto_chunk_size(n, k * X.shape[1])
-        for s in range(0, n, sub):
-            idx = index[s : s + sub]
-            d = (X[s : s + sub].unsqueeze(1) - X[idx]).norm(dim=2)
-            d, order = d.sort(dim=1)
-            dists[s : s + sub], index[s : s + sub] = d, idx.gather(1, order)
-    return dists, index
-
-
 def timed(fn, repeats: int, device: str) -> tuple[float, object]:
     """Median seconds of ``repeats`` calls after one warm-up call, and the last result."""
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
@@ -116,7 +85,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=5, help="runs per case for N <= 2000")
     p.add_argument("--repeats-large", type=int, default=3, help="runs per case for N > 2000")
     p.add_argument("--no-skdim", action="store_true", help="skip scikit-dimension")
-    p.add_argument("--proposed-knn", action="store_true", help="also time the proposed knn")
     args = p.parse_args(argv)
     torch.set_num_threads(THREADS)
     if not args.no_skdim:
@@ -128,8 +96,6 @@ def main(argv: list[str] | None = None) -> None:
             pass
 
     cols = ["N", "D", "bare X@X.T (s)", "twonn (s)", "twonn / bare"]
-    if args.proposed_knn:
-        cols += ["twonn, proposed knn (s)", "/ bare"]
     if not args.no_skdim:
         cols += ["skdim TwoNN (s)", "speed-up"]
     cols += ["mle k=20 (s)"]
@@ -143,14 +109,6 @@ def main(argv: list[str] | None = None) -> None:
         t_bare, _ = timed(lambda: bare_product(X), reps, args.device)
         t_two, id_two = timed(lambda: intrinsic_dimension(X, "twonn"), reps, args.device)
         row = [n, d, f"{t_bare:.3f}", f"{t_two:.3f}", f"{t_two / t_bare:.2f}"]
-        if args.proposed_knn:
-            original = distances.knn
-            distances.knn = proposed_knn
-            try:
-                t_prop, _ = timed(lambda: intrinsic_dimension(X, "twonn"), reps, args.device)
-            finally:
-                distances.knn = original
-            row += [f"{t_prop:.3f}", f"{t_prop / t_bare:.2f}"]
         if not args.no_skdim:
             Xn = X.cpu().numpy()
             sreps = max(1, reps - 1) if n > 2000 else reps

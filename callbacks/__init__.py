@@ -13,6 +13,9 @@ _EXPORTS = {
     "SharpnessMonitor": "geomonitor.callbacks.monitors",
     "TopologyMonitor": "geomonitor.callbacks.monitors",
     "NeuralPersistenceMonitor": "geomonitor.callbacks.monitors",
+    "GeometryAlerts": "geomonitor.callbacks.alerts",
+    "NeuralPersistenceEarlyStopping": "geomonitor.callbacks.early_stopping",
+    "TrainerSink": "geomonitor.callbacks.sinks",
 }
 
 __all__ = list(_EXPORTS)

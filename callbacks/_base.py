@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -38,6 +39,7 @@ from torch.utils.data import DataLoader
 
 from geomonitor.callbacks._families import Context, Measurement, _Family, default_forward
 from geomonitor.callbacks.sinks import TrainerSink
+from geomonitor.monitor.budget import OverheadBudget
 from geomonitor.monitor.keys import metric_key
 from geomonitor.monitor.layers import LayerSelector, capture_activations
 from geomonitor.monitor.probe import ProbeSet
@@ -72,7 +74,8 @@ class GeometryCallbackBase(pl.Callback):
                  layers: str | Sequence[str] = "auto", reduce: str = "flatten",
                  probe_size: int = 256, probe_seed: int = 0, probe_data: Any = None,
                  forward_fn: Callable[[Any, Any], Any] | None = None,
-                 prog_bar: Sequence[str] = (), strict: bool = False, max_pending: int = 4) -> None:
+                 prog_bar: Sequence[str] = (), strict: bool = False, max_pending: int = 4,
+                 max_overhead: float | None = None) -> None:
         super().__init__()
         self._families = list(families)
         self._identity = dict(identity)
@@ -85,9 +88,12 @@ class GeometryCallbackBase(pl.Callback):
         self.prog_bar = list(prog_bar)
         self.strict = strict
         self.max_pending = max_pending
+        self.budget = OverheadBudget(max_overhead)
         self.errors: dict[str, int] = {}
         self._warned: set[str] = set()
         self._last: dict[str, int] = {}
+        self._deferred: set[str] = set()
+        self._shown: dict[str, float] = {}
         self._latest: dict[str, float] = {}
         self._probe: ProbeSet | None = None
         self._probe_state: dict[str, Any] | None = None
@@ -99,6 +105,11 @@ class GeometryCallbackBase(pl.Callback):
     def state_key(self) -> str:
         return self._generate_state_key(**self._identity)
 
+    @property
+    def probe(self) -> ProbeSet | None:
+        """The fixed probe set drawn at fit start (None before, or if no family needs one)."""
+        return self._probe
+
     # -- hooks: a guard and one call --------------------------------------------------------
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage == "fit":
@@ -106,7 +117,7 @@ class GeometryCallbackBase(pl.Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._worker is not None:
-            self._draw_probe(trainer, pl_module)
+            self._start(trainer, pl_module)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -172,6 +183,10 @@ class GeometryCallbackBase(pl.Callback):
             self._worker.close(wait=False)
         self._worker = BackgroundWorker(max_pending=self.max_pending)
 
+    def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._draw_probe(trainer, pl_module)
+        self.budget.start()
+
     def _draw_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not any(f.enabled and f.needs_probe for f in self._families):
             return
@@ -191,8 +206,11 @@ class GeometryCallbackBase(pl.Callback):
     def _step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, by_epoch: bool) -> None:
         step = trainer.global_step
         due = [f for f in self._families if f.enabled and self._last.get(f.name) != step
-               and (f.schedule.due_epoch(trainer.current_epoch) if by_epoch
-                    else f.schedule.due_step(step))]
+               and (f.name in self._deferred or (f.schedule.due_epoch(trainer.current_epoch)
+                                                 if by_epoch else f.schedule.due_step(step)))]
+        allowed = [f for f in due if self.budget.allows(f.name)]
+        self._deferred = (self._deferred | {f.name for f in due}) - {f.name for f in allowed}
+        due = allowed
         if due:
             self._measure(trainer, pl_module, due, step)
         self._drain()
@@ -212,11 +230,14 @@ class GeometryCallbackBase(pl.Callback):
         with preserved_rng(pl_module.device):
             for fam in due:
                 self._last[fam.name] = step
+                t0 = time.perf_counter()
                 try:
                     result = fam.run(ctx)
                 except Exception as exc:  # noqa: BLE001 - measurement errors never stop training
                     self._fail(fam.name, exc, step)
                     continue
+                finally:
+                    self.budget.charge(fam.name, time.perf_counter() - t0)
                 if isinstance(result, Measurement):
                     self._emit(fam.name, step, result)
                 elif not self._worker.submit(step, _tagged(fam.name, result)):
@@ -228,7 +249,8 @@ class GeometryCallbackBase(pl.Callback):
             if error is not None:
                 self._fail("worker", error, step)
                 continue
-            name, measurement, exc = result
+            name, measurement, exc, seconds = result
+            self.budget.charge(name, seconds, background=True)
             if exc is not None:
                 self._fail(name, exc, step)
             else:
@@ -262,9 +284,12 @@ class GeometryCallbackBase(pl.Callback):
             warnings.warn(f"{type(self).__name__}: {message}", RuntimeWarning, stacklevel=3)
 
     def _show(self, pl_module: pl.LightningModule) -> None:
+        # Only new values: Lightning keeps the last progress-bar value between steps, and a
+        # ``log`` call costs about a millisecond, too much to pay on every step.
         for name in self.prog_bar:
             value = self._latest.get(f"geometry/{name}")
-            if value is not None:
+            if value is not None and self._shown.get(name) != value:
+                self._shown[name] = value
                 pl_module.log(name, value, prog_bar=True, logger=False, on_step=True,
                               on_epoch=False, batch_size=1)
 
@@ -280,11 +305,12 @@ class GeometryCallbackBase(pl.Callback):
 
 
 def _tagged(name: str, job: Callable[[], Measurement]) -> Callable[[], tuple]:
-    def run() -> tuple[str, Measurement | None, BaseException | None]:
+    def run() -> tuple[str, Measurement | None, BaseException | None, float]:
+        t0 = time.perf_counter()
         try:
-            return name, job(), None
+            return name, job(), None, time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - reported on the training thread
-            return name, None, exc
+            return name, None, exc, time.perf_counter() - t0
 
     return run
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from geomonitor.intrinsic import METHODS as ID_METHODS
+from geomonitor.monitor.layers import REDUCTIONS
 from geomonitor.monitor.schedule import Every
 
-REDUCTIONS = ("flatten", "mean", "last")
-ID_METHODS = ("twonn", "mle", "pca")
 PROG_BAR_FAMILIES = ("sharpness", "eos_ratio", "n_hvp", "id", "ph", "neural_persistence", "errors")
 
 

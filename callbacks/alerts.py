@@ -32,6 +32,7 @@ import pytorch_lightning as pl
 import torch
 
 from geomonitor.callbacks.sinks import TrainerSink
+from geomonitor.monitor.keys import PREFIX, metric_key
 from geomonitor.monitor.alerts import (Alert, EdgeOfStability, GradNormExplosion, LossSpike,
                                        NonFinite, RepresentationCollapse, Rule)
 
@@ -39,10 +40,9 @@ __all__ = ["GeometryAlerts", "ACTIONS", "EOS_KEY", "ID_PREFIX"]
 
 #: Built-in actions, per rule.
 ACTIONS = ("warn", "stop", "checkpoint_and_stop")
-#: Keys the monitor callbacks write (``geomonitor.monitor.keys.metric_key("eos_ratio")`` and
-#: ``metric_key("id", layer)``).
-EOS_KEY = "geometry/eos_ratio"
-ID_PREFIX = "geometry/id/"
+#: Keys the monitor callbacks write: ``metric_key("eos_ratio")`` and ``metric_key("id", layer)``.
+EOS_KEY = metric_key("eos_ratio")
+ID_PREFIX = f"{PREFIX}/id/"
 
 
 def default_rules() -> list[Rule]:

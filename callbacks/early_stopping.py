@@ -43,11 +43,11 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import EarlyStopping
 
 from geomonitor.callbacks.sinks import TrainerSink
+from geomonitor.monitor.keys import metric_key
 
 __all__ = ["NeuralPersistenceEarlyStopping", "NP_KEY"]
 
-#: ``geomonitor.monitor.keys.metric_key("neural_persistence")``
-NP_KEY = "geometry/neural_persistence"
+NP_KEY = metric_key("neural_persistence")
 
 
 def _default_measure(model: Any) -> Any:

@@ -70,6 +70,12 @@ class GeometryMonitor(GeometryCallbackBase):
             ``pl_module(x)`` with ``x`` the batch, its first element, or ``**batch``.
         strict: re-raise measurement errors instead of counting them (for tests).
         max_pending: background jobs allowed in flight before new ones are dropped.
+        max_overhead: overhead budget, a fraction of training wall time in (0, 1]: a due
+            measurement is deferred (to the first later step the budget allows) while the
+            monitor's measured cost would exceed this fraction of training time (see
+            :class:`geomonitor.monitor.OverheadBudget`). ``None`` measures exactly on
+            schedule (reproducible series, e.g. for tests and for DDP, where timing differs
+            per rank). Deferrals per family are counted in ``monitor.budget.deferred``.
 
     Example:
         >>> trainer = pl.Trainer(callbacks=[GeometryMonitor(layers=["fc1", "fc2"])])  # doctest: +SKIP
@@ -107,6 +113,7 @@ class GeometryMonitor(GeometryCallbackBase):
         forward_fn: Callable[[Any, Any], Any] | None = None,
         strict: bool = False,
         max_pending: int = 4,
+        max_overhead: float | None = 0.05,
     ) -> None:
         layers = check.layers(layers)
         check.choice("reduce", reduce, check.REDUCTIONS)
@@ -142,4 +149,4 @@ class GeometryMonitor(GeometryCallbackBase):
         super().__init__(families, identity=identity, layers=layers, reduce=reduce,
                          probe_size=probe_size, probe_seed=probe_seed, probe_data=probe_data,
                          forward_fn=forward_fn, prog_bar=bar, strict=strict,
-                         max_pending=max_pending)
+                         max_pending=max_pending, max_overhead=max_overhead)

@@ -79,12 +79,15 @@ def knn(
     dists = torch.empty(n, k, dtype=X.dtype, device=X.device)
     index = torch.empty(n, k, dtype=torch.long, device=X.device)
     for s in range(0, n, cs):
-        rows = torch.arange(s, min(s + cs, n), device=X.device)
-        block = sq_dists(X[rows], X, x_sq)
-        block[torch.arange(len(rows), device=X.device), rows] = float("inf")
+        e = min(s + cs, n)
+        # ||a||^2 is constant along a row, so it cannot change the row's ranking: select on
+        # ||b||^2 - 2<a, b> from one fused product and add ||a||^2 back on the k winners only.
+        block = torch.addmm(x_sq, X[s:e], X.T, beta=1.0, alpha=-2.0)
+        block[torch.arange(e - s, device=X.device), torch.arange(s, e, device=X.device)] = float("inf")
         d2, idx = torch.topk(block, k, dim=1, largest=False, sorted=True)
         del block
-        dists[rows], index[rows] = d2.sqrt(), idx
+        dists[s:e] = (d2 + x_sq[s:e, None]).clamp_min_(0.0).sqrt_()
+        index[s:e] = idx
     if refine:
         sub = auto_chunk_size(n, k * X.shape[1])
         for s in range(0, n, sub):

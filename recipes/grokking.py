@@ -195,7 +195,7 @@ def make_monitor(args: argparse.Namespace, probe: tuple[torch.Tensor, ...]) -> p
     from geomonitor.callbacks import GeometryMonitor
 
     return GeometryMonitor(
-        layers=["embed"], probe_data=probe, probe_size=len(probe[0]), probe_seed=args.seed,
+        max_overhead=None, layers=["embed"], probe_data=probe, probe_size=len(probe[0]), probe_seed=args.seed,
         forward_fn=embedding_rows,
         id_every_n_steps=args.every, sharpness_every_n_steps=args.sharpness_every,
         sharpness_max_hvp=20, topology_every_n_steps=args.every, topology_every_n_epochs=None,

@@ -54,10 +54,12 @@ class DigitsMLP(pl.LightningModule):
 
 
 def make_monitor(max_steps: int | None = None) -> GeometryMonitor:
-    """The quickstart's monitor: denser than the defaults so a short run has curves."""
+    """The quickstart's monitor: denser than the defaults, and on a fixed schedule
+    (``max_overhead=None``), so a short run has full curves to look at."""
     return GeometryMonitor(layers=LAYERS, probe_size=256, sharpness_every_n_steps=10,
                            id_every_n_steps=20, topology_every_n_epochs=2,
-                           np_every_n_epochs=1, prog_bar=["eos_ratio", "sharpness"])
+                           np_every_n_epochs=1, prog_bar=["eos_ratio", "sharpness"],
+                           max_overhead=None)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -118,7 +120,7 @@ def figure(series: dict[str, list[tuple[int, float]]], model: nn.Module,
     ax[1, 0].legend()
 
     # persistence diagram of the last hidden layer on the probe set, final weights
-    probe = monitor._probe.batch[0] if monitor._probe is not None else None
+    probe = monitor.probe.batch[0] if monitor.probe is not None else None
     if probe is not None:
         with torch.no_grad():
             acts = torch.relu(model.fc2(torch.relu(model.fc1(probe.to(model.device))))).cpu()

@@ -31,4 +31,4 @@ def test_reader_rejects_a_file_that_is_not_a_run(tmp_path):
 
 def test_find_run_file_requires_exactly_one(tmp_path):
     with pytest.raises(AssertionError, match="expected one W&B run file"):
-        wandb_offline.find_run_file(str(tmp_path))
+        wandb_offline.find_run_file(str(tmp_path), timeout=0.5)

@@ -13,6 +13,7 @@ import glob
 import json
 import os
 import struct
+import time
 from typing import Any
 
 _BLOCK = 32768
@@ -59,13 +60,31 @@ def read_records(path: str) -> list[Any]:
     return records
 
 
-def find_run_file(root: str) -> str:
-    """The single ``run-*.wandb`` file below ``root`` (error if none or several)."""
-    files = [f for f in glob.glob(os.path.join(root, "**", "run-*.wandb"), recursive=True)
-             if "latest-run" not in f.split(os.sep)]
+def find_run_file(root: str, *, timeout: float = 20.0) -> str:
+    """The single ``run-*.wandb`` file below ``root``, once W&B has finished writing it.
+
+    W&B's writer flushes asynchronously after ``run.finish()``; this waits (up to ``timeout``
+    seconds) for the run's ``exit`` record before returning. Error if no file or several.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        files = [f for f in glob.glob(os.path.join(root, "**", "run-*.wandb"), recursive=True)
+                 if "latest-run" not in f.split(os.sep)]
+        if len(files) == 1 and _has_exit(files[0]):
+            return files[0]
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
     if len(files) != 1:
         raise AssertionError(f"expected one W&B run file below {root}, found {files}")
     return files[0]
+
+
+def _has_exit(path: str) -> bool:
+    try:
+        return any(r.WhichOneof("record_type") == "exit" for r in read_records(path))
+    except (ValueError, struct.error):  # header not written yet
+        return False
 
 
 def history(path: str) -> list[dict[str, Any]]:

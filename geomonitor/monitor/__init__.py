@@ -6,8 +6,10 @@
 * :class:`LayerSelector`, :func:`reduce_output`, :func:`capture_activations` -- which modules
   and their outputs as (N, D) point clouds (:mod:`.layers`);
 * :class:`BackgroundWorker` -- CPU-heavy jobs off the training thread (:mod:`.worker`);
+* :class:`OverheadBudget` -- defers due measurements while they cost too much (:mod:`.budget`);
 * alert rules live in :mod:`geomonitor.monitor.alerts`.
 """
+from geomonitor.monitor.budget import OverheadBudget
 from geomonitor.monitor.keys import FAMILIES, PREFIX, metric_key
 from geomonitor.monitor.layers import REDUCTIONS, LayerSelector, capture_activations, reduce_output
 from geomonitor.monitor.probe import ProbeSet
@@ -15,4 +17,4 @@ from geomonitor.monitor.schedule import Every
 from geomonitor.monitor.worker import BackgroundWorker
 
 __all__ = ["Every", "FAMILIES", "PREFIX", "metric_key", "ProbeSet", "LayerSelector", "REDUCTIONS",
-           "reduce_output", "capture_activations", "BackgroundWorker"]
+           "reduce_output", "capture_activations", "BackgroundWorker", "OverheadBudget"]

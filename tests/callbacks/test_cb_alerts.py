@@ -129,19 +129,6 @@ def _digits(n=None):
     return (x, y) if n is None else (x[:n], y[:n])
 
 
-def _flushed_run_file(wandb_dir, timeout=20.0):
-    """The run file once W&B's writer has written its exit record (it flushes asynchronously)."""
-    import time
-
-    run = wandb_offline.find_run_file(str(wandb_dir))
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(r.WhichOneof("record_type") == "exit" for r in wandb_offline.read_records(run)):
-            break
-        time.sleep(0.2)
-    return run
-
-
 # -- edge of stability --------------------------------------------------------------------------
 def _eos_fit(tmp_path, wandb_dir=None, actions=None, max_steps=12):
     x, y = _regression_data()
@@ -172,7 +159,7 @@ def test_eos_alert_fires_on_too_high_lr_and_reaches_wandb(tmp_path, wandb_dir):
     # independent: the first step with three consecutive reference ratios above 1.2
     first = next(i + 1 for i in range(2, len(ref.ratios)) if all(r > 1.2 for r in ref.ratios[i - 2:i + 1]))
     assert eos[0].step == first
-    run = _flushed_run_file(wandb_dir)
+    run = wandb_offline.find_run_file(str(wandb_dir))
     sent = [a for a in wandb_offline.alerts(run) if a["title"] == "Edge of stability exceeded (eos)"]
     assert sent and sent[0]["level"] == "WARN" and sent[0]["wait_duration"] == 30000
     assert sent[0]["text"] == eos[0].text and f"Step {first}" in sent[0]["text"]

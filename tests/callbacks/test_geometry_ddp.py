@@ -50,7 +50,7 @@ _SCRIPT = textwrap.dedent('''
         g = torch.Generator().manual_seed(1)
         x = torch.randn(64, 5, generator=g)
         data = torch.utils.data.TensorDataset(x, torch.sin(x.sum(1, keepdim=True)))
-        mon = GeometryMonitor(layers=["fc1", "fc2"], probe_size=32, sharpness_every_n_steps=2,
+        mon = GeometryMonitor(max_overhead=None, layers=["fc1", "fc2"], probe_size=32, sharpness_every_n_steps=2,
                               id_every_n_steps=2, topology_every_n_steps=2,
                               topology_every_n_epochs=None, np_every_n_steps=2,
                               np_every_n_epochs=None, strict=True)

@@ -70,7 +70,7 @@ def _run(tmp_path, monitor=None, max_steps=8, raise_at=None):
 
 
 def _monitor(**kw):
-    return GeometryMonitor(layers=["embed", "encoder", "head"], reduce="mean", probe_size=24,
+    return GeometryMonitor(max_overhead=None, layers=["embed", "encoder", "head"], reduce="mean", probe_size=24,
                            id_every_n_steps=2, sharpness_every_n_steps=3,
                            sharpness_max_hvp=5, topology_every_n_steps=2,
                            topology_every_n_epochs=None, np_every_n_steps=4, **kw)

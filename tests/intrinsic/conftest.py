@@ -1,9 +1,6 @@
 """Fixtures for the intrinsic-dimension tests: scikit-dimension's benchmark manifolds."""
 from __future__ import annotations
 
-import sys
-import types
-
 import numpy as np
 import pytest
 
@@ -15,22 +12,9 @@ MANIFOLDS = ["M1_Sphere", "M5a_Helix1d", "M6_Nonlinear", "M9_Affine", "M10d_Cubi
 
 @pytest.fixture(scope="session")
 def manifolds() -> dict[str, np.ndarray]:
-    """{name: (1000, D) float64} from ``skdim.datasets.BenchmarkManifolds(random_state=0)``.
-
-    BenchmarkManifolds imports pandas only to build its ground-truth table; where pandas is
-    not installed a stand-in is used for that one import (the point clouds do not depend on it).
-    """
+    """{name: (1000, D) float64} from ``skdim.datasets.BenchmarkManifolds(random_state=0)``."""
     skdim = pytest.importorskip("skdim")
-    try:
-        import pandas  # noqa: F401
-        bm = skdim.datasets.BenchmarkManifolds(random_state=0)
-    except ImportError:
-        stub = types.SimpleNamespace(DataFrame=lambda *a, **k: types.SimpleNamespace(T=None))
-        sys.modules["pandas"] = stub
-        try:
-            bm = skdim.datasets.BenchmarkManifolds(random_state=0)
-        finally:
-            del sys.modules["pandas"]
+    bm = skdim.datasets.BenchmarkManifolds(random_state=0)
     out = {}
     for name in MANIFOLDS:
         d, dim, _ = bm._dict_truth[name]

@@ -162,3 +162,14 @@ def test_context_manager_closes():
 def test_argument_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_jobs_run_single_threaded_without_changing_the_callers_thread_count():
+    import torch
+
+    before = torch.get_num_threads()
+    w = BackgroundWorker()
+    w.submit(0, torch.get_num_threads)
+    w.close()
+    assert w.drain() == [(0, 1, None)]
+    assert torch.get_num_threads() == before
