@@ -97,3 +97,13 @@ def where_it_landed(logger: Logger) -> str:
                     f"upload it with:  wandb sync {run_dir}")
         return f"W&B run streamed online: {getattr(run, 'url', run_dir)}"
     return f"{type(logger).__name__} output in {logger.log_dir}"
+
+
+def save_figure(fig: Any, out: str, dpi: int = 110) -> None:
+    """Lay out ``fig``, write it to ``out`` (folders created) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)

@@ -68,7 +68,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import MemoryLogger, add_common_args, make_logger, where_it_landed  # noqa: E402
+from _common import MemoryLogger, add_common_args, save_figure, make_logger, where_it_landed  # noqa: E402
 
 
 def modular_addition(p: int, train_frac: float, seed: int) -> tuple[torch.Tensor, ...]:
@@ -352,10 +352,7 @@ def figure(series: dict[str, list[tuple[int, float]]], W: torch.Tensor, lr: floa
     fig.colorbar(sc, ax=ax[1, 2], label=f"{k}·a mod p")
     ax[1, 2].set(title=f"final W_E on its frequency-{k} Fourier plane ({100 * share:.0f}% of energy)",
                  aspect="equal")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 if __name__ == "__main__":

@@ -59,7 +59,7 @@ from torch import nn
 from geomonitor.monitor.probe import ProbeSet
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import MemoryLogger, add_common_args, digits_loaders, make_logger, where_it_landed  # noqa: E402
+from _common import MemoryLogger, add_common_args, save_figure, digits_loaders, make_logger, where_it_landed  # noqa: E402
 
 WIDTHS = (64, 256, 128, 64, 32, 10)
 LAYERS = ["inp", "h1", "h2", "h3", "h4", "out"]  # depth order; "inp" is the input itself
@@ -256,10 +256,7 @@ def figure(series: dict[str, list[tuple[int, float]]], initial: list[float], *,
     s = series.get("geometry/id/h4", [])
     twin.plot([a / steps_per_epoch for a, _ in s], [b for _, b in s], "o-", ms=2, color="C3")
     twin.set_ylabel("ID of h4", color="C3")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from _common import MemoryLogger, add_common_args, digits_loaders, make_logger, where_it_landed  # noqa: E402
+from _common import MemoryLogger, add_common_args, save_figure, digits_loaders, make_logger, where_it_landed  # noqa: E402
 
 from geomonitor.callbacks import GeometryMonitor  # noqa: E402
 
@@ -137,10 +137,7 @@ def figure(series: dict[str, list[tuple[int, float]]], model: nn.Module,
         ax[1, 1].legend()
     ax[1, 1].set(title="persistence diagram, fc2 activations (end)", xlabel="birth",
                  ylabel="death")
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 if __name__ == "__main__":
