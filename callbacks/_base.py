@@ -79,6 +79,7 @@ class GeometryCallbackBase(pl.Callback):
         super().__init__()
         self._families = list(families)
         self._identity = dict(identity)
+        self._state_key: str | None = None
         self._selector = LayerSelector(layers, reduce=reduce)
         self.reduce = reduce
         self.probe_size = probe_size
@@ -103,7 +104,10 @@ class GeometryCallbackBase(pl.Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(**self._identity)
+        # Lightning reads this on every hook call: built once from the identifying arguments.
+        if self._state_key is None:
+            self._state_key = self._generate_state_key(**self._identity)
+        return self._state_key
 
     @property
     def probe(self) -> ProbeSet | None:
