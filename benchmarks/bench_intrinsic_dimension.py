@@ -27,7 +27,6 @@ THREADS = 2
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ[_var] = str(THREADS)  # before numpy / torch / sklearn load their BLAS
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from geomonitor import distances  # noqa: E402

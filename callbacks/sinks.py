@@ -54,10 +54,8 @@ class TrainerSink:
         """The W&B run of the first WandbLogger on rank zero, else None."""
         if getattr(self.trainer, "global_rank", 0) != 0:
             return None
-        try:
-            from pytorch_lightning.loggers import WandbLogger
-        except ImportError:  # pragma: no cover - Lightning is a dependency
-            return None
+        from pytorch_lightning.loggers import WandbLogger
+
         for logger in self.trainer.loggers:
             if isinstance(logger, WandbLogger):
                 return logger.experiment

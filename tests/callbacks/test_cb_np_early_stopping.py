@@ -102,9 +102,6 @@ def test_state_survives_resume(tmp_path):
 
 
 def test_real_neural_persistence_is_logged_and_in_range():
-    topology = pytest.importorskip("geomonitor.topology")
-    if not hasattr(topology, "neural_persistence_network"):
-        pytest.skip("geomonitor.topology.neural_persistence_network not available")
     torch.manual_seed(0)
     net = _Net()
     es = NeuralPersistenceEarlyStopping(patience=50)

@@ -5,8 +5,6 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
-for _layer in ("keys", "schedule", "probe", "layers", "worker"):  # the monitor-logic layer
-    pytest.importorskip(f"geomonitor.monitor.{_layer}")
 
 from geomonitor.callbacks import (GeometryMonitor, IntrinsicDimensionMonitor,
                                   NeuralPersistenceMonitor, SharpnessMonitor, TopologyMonitor)

@@ -2,8 +2,6 @@
 rank measured the same numbers on its own replica (no collectives inside a measurement)."""
 from __future__ import annotations
 
-import pytest
-
 import csv
 import json
 import os
@@ -11,9 +9,6 @@ import subprocess
 import sys
 import textwrap
 from collections import Counter
-
-for _layer in ("keys", "schedule", "probe", "layers", "worker"):  # the monitor-logic layer
-    pytest.importorskip(f"geomonitor.monitor.{_layer}")
 
 _SCRIPT = textwrap.dedent('''
     import json, os, sys

@@ -14,8 +14,6 @@ import torch
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 import wandb_offline
-for _layer in ("keys", "schedule", "probe", "layers", "worker"):  # the monitor-logic layer
-    pytest.importorskip(f"geomonitor.monitor.{_layer}")
 
 from geomonitor.callbacks import GeometryMonitor
 from geomonitor.callbacks.sinks import STEP_KEY

@@ -15,8 +15,6 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
-for _layer in ("keys", "schedule", "probe", "layers", "worker"):  # the monitor-logic layer
-    pytest.importorskip(f"geomonitor.monitor.{_layer}")
 
 from geomonitor.callbacks import GeometryMonitor
 

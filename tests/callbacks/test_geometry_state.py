@@ -7,8 +7,6 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import Logger
 
-for _layer in ("keys", "schedule", "probe", "layers", "worker"):  # the monitor-logic layer
-    pytest.importorskip(f"geomonitor.monitor.{_layer}")
 
 from geomonitor.callbacks import GeometryMonitor, SharpnessMonitor
 

@@ -85,7 +85,6 @@ def test_first_step_threshold():
 
 
 def test_grokking_smoke_wandb_offline(tmp_path, wandb_dir):
-    pytest.importorskip("geomonitor.intrinsic", reason="estimators not installed")
     g = _load()
     out = tmp_path / "grokking.png"
     res = g.main(["--p", "23", "--max-steps", "10", "--every", "5", "--sharpness-every", "10",

@@ -60,7 +60,6 @@ def test_representations_follow_the_layers():
 
 
 def test_id_profile_smoke_csv(tmp_path):
-    pytest.importorskip("geomonitor.intrinsic", reason="estimators not installed")
     m = _load()
     out = tmp_path / "id_profile.png"
     res = m.main(["--max-epochs", "2", "--probe-size", "200", "--logger", "csv",

@@ -5,7 +5,6 @@ import glob
 import importlib.util
 import os
 
-import pytest
 
 import wandb_offline
 
@@ -20,9 +19,6 @@ def _load():
 
 
 def test_recipe_smoke(tmp_path, wandb_dir, capsys):
-    topology = pytest.importorskip("geomonitor.topology")
-    if not hasattr(topology, "neural_persistence_network"):
-        pytest.skip("geomonitor.topology.neural_persistence_network not available")
     rows = _load().main(["--seeds", "1", "--max-epochs", "2", "--out", str(tmp_path)])
     assert [r["method"] for r in rows] == ["neural persistence", "validation loss"]
     for r in rows:

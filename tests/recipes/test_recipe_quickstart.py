@@ -7,8 +7,6 @@ import os
 import pytest
 
 
-for _layer in ("keys", "schedule", "probe", "layers", "worker"):  # the monitor-logic layer
-    pytest.importorskip(f"geomonitor.monitor.{_layer}")
 
 def _load():
     path = os.path.join(os.path.dirname(__file__), "..", "..", "recipes", "quickstart.py")

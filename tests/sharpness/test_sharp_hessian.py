@@ -6,7 +6,6 @@ import os
 
 import pytest
 import torch
-from torch import nn
 
 from geomonitor.sharpness import HVPOperator, hessian_eigenvalues, hessian_trace, lanczos_top
 
