@@ -2,11 +2,15 @@
 
 Each run is a fresh subprocess (so peak RSS is per run): ``trainer.fit`` without a monitor,
 with ``GeometryMonitor()`` at its defaults (5% overhead budget), and with the same schedule and
-no budget, alternating, ``--repeats`` times each. Reports medians of
-the fit wall time and of the peak resident memory (``ru_maxrss``), and the cost of one
-measurement of each family (training-thread part and background part).
+no budget, alternating, ``--repeats`` times each, for each torch intra-op thread count in
+``--threads``. Reports the median fit wall time, the median of the per-repeat ratios to the
+run without monitor just before it (neighbours in time share the machine's state, which
+varies by tens of percent between runs), the peak resident memory of the training process
+and of its largest child (the giotto-ph process), how many measurements of each family ran
+and their median cost (training-thread part, and background part without the time the
+worker waited on the child process).
 
-    python benchmarks/bench_monitor_overhead.py --repeats 5 --epochs 20
+    python benchmarks/bench_monitor_overhead.py --repeats 7 --epochs 20 --threads 1 2
 """
 from __future__ import annotations
 
@@ -25,14 +29,14 @@ MODES = {"off": "without monitor", "on": "GeometryMonitor() defaults (max_overhe
          "fixed": "GeometryMonitor(max_overhead=None): every scheduled measurement"}
 
 
-def _one_run(mode: str, epochs: int) -> dict:
+def _one_run(mode: str, epochs: int, threads: int) -> dict:
     import warnings
 
     import pytorch_lightning as pl
     import torch
 
     warnings.filterwarnings("ignore")
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     sys.path.insert(0, os.path.join(HERE, "..", "recipes"))
     from _common import digits_loaders
     from quickstart import DigitsMLP
@@ -55,9 +59,10 @@ def _one_run(mode: str, epochs: int) -> dict:
     trainer.fit(DigitsMLP(), train)
     wall = time.perf_counter() - t0
     rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    child_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     deferred = dict(mon.budget.deferred) if mon is not None else {}
-    return {"wall": wall, "rss": rss_mib, "steps": trainer.global_step, "timings": timings,
-            "deferred": deferred}
+    return {"wall": wall, "rss": rss_mib, "child_rss": child_mib, "steps": trainer.global_step,
+            "timings": timings, "deferred": deferred}
 
 
 def _time_family(fam, timings: dict) -> None:
@@ -73,7 +78,8 @@ def _time_family(fam, timings: dict) -> None:
             def timed_job():
                 t1 = time.perf_counter()
                 res = job()
-                timings.setdefault(f"{fam.name} (background)", []).append(time.perf_counter() - t1)
+                own = time.perf_counter() - t1 - getattr(res, "offloaded", 0.0)
+                timings.setdefault(f"{fam.name} (background)", []).append(own)
                 return res
 
             return timed_job
@@ -84,49 +90,58 @@ def _time_family(fam, timings: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        print(json.dumps(_one_run(args.worker, args.epochs)))
+        print(json.dumps(_one_run(args.worker, args.epochs, args.threads[0])))
         return
 
+    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, python {platform.python_version()}")
     env = dict(os.environ, WANDB_MODE="offline", PYTHONWARNINGS="ignore")
-    runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
-    for _ in range(args.repeats):
-        for mode in MODES:  # alternating
-            out = subprocess.run([sys.executable, __file__, "--worker", mode, "--epochs",
-                                  str(args.epochs)], env=env, capture_output=True, text=True,
-                                 check=True)
-            runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    for threads in args.threads:
+        runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
+        for _ in range(args.repeats):
+            for mode in MODES:  # alternating
+                out = subprocess.run([sys.executable, __file__, "--worker", mode, "--epochs",
+                                      str(args.epochs), "--threads", str(threads)], env=env,
+                                     capture_output=True, text=True, check=True)
+                runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        _report(runs, args, threads)
 
+
+def _report(runs: dict[str, list[dict]], args: argparse.Namespace, threads: int) -> None:
     def med(mode, key):
         return statistics.median(r[key] for r in runs[mode])
 
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, python {platform.python_version()}, torch threads 2")
+    print(f"\n## torch intra-op threads: {threads}\n")
     print(f"quickstart MLP on digits, {args.epochs} epochs ({runs['on'][0]['steps']} steps), "
           f"{args.repeats} alternating runs each, medians\n")
-    print("| run | fit wall time (s) | peak RSS (MiB) | wall overhead | memory overhead |")
-    print("|---|---|---|---|---|")
+    print("| run | fit wall time (s) | wall overhead (median of paired ratios) | "
+          "peak RSS (MiB) | child peak RSS (MiB) | memory overhead |")
+    print("|---|---|---|---|---|---|")
     for mode, label in MODES.items():
-        wall = med(mode, "wall") / med("off", "wall") - 1
+        ratio = statistics.median(a["wall"] / b["wall"] - 1 for a, b in zip(runs[mode], runs["off"]))
         rss = med(mode, "rss") / med("off", "rss") - 1
-        print(f"| {label} | {med(mode, 'wall'):.2f} | {med(mode, 'rss'):.0f} | "
-              f"{100 * wall:+.1f}% | {100 * rss:+.1f}% |")
+        print(f"| {label} | {med(mode, 'wall'):.3f} | {100 * ratio:+.1f}% | "
+              f"{med(mode, 'rss'):.0f} | {med(mode, 'child_rss'):.0f} | {100 * rss:+.1f}% |")
+    walls = {m: ", ".join(f"{r['wall']:.2f}" for r in runs[m]) for m in MODES}
+    print(f"\nall fit wall times (s): {walls}")
     deferred = {k: statistics.median(r["deferred"].get(k, 0) for r in runs["on"])
                 for r0 in runs["on"] for k in r0["deferred"]}
-    print(f"\ndeferred by the 5% budget (median per run): {deferred}\n")
-    print("| family part (GeometryMonitor() defaults) | measurements per run | median ms per measurement |")
-    print("|---|---|---|")
-    merged: dict[str, list[float]] = {}
-    for r in runs["on"]:
-        for k, v in r["timings"].items():
-            merged.setdefault(k, []).extend(v)
-    n = len(runs["on"])
-    for k in sorted(merged):
-        print(f"| {k} | {len(merged[k]) // n} | {1000 * statistics.median(merged[k]):.1f} |")
+    print(f"deferred by the 5% budget (median per run): {deferred}\n")
+    for mode in ("on", "fixed"):
+        print(f"| family part ({MODES[mode]}) | measurements per run (median) | median ms per measurement |")
+        print("|---|---|---|")
+        names = sorted({k for r in runs[mode] for k in r["timings"]})
+        for k in names:
+            counts = [len(r["timings"].get(k, [])) for r in runs[mode]]
+            values = [v for r in runs[mode] for v in r["timings"].get(k, [])]
+            print(f"| {k} | {statistics.median(counts):g} | {1000 * statistics.median(values):.1f} |")
+        print()
 
 
 if __name__ == "__main__":

@@ -94,6 +94,7 @@ class GeometryCallbackBase(pl.Callback):
         self._warned: set[str] = set()
         self._last: dict[str, int] = {}
         self._deferred: set[str] = set()
+        self._pending: set[str] = set()  # families with a background job not yet drained
         self._shown: dict[str, float] = {}
         self._latest: dict[str, float] = {}
         self._probe: ProbeSet | None = None
@@ -185,7 +186,8 @@ class GeometryCallbackBase(pl.Callback):
             self._modules = self._selector.resolve(pl_module)
         if self._worker is not None:
             self._worker.close(wait=False)
-        self._worker = BackgroundWorker(max_pending=self.max_pending)
+        self._pending.clear()
+        self._worker = BackgroundWorker(max_pending=self.max_pending, interrupt=self._close_families)
 
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._draw_probe(trainer, pl_module)
@@ -212,9 +214,7 @@ class GeometryCallbackBase(pl.Callback):
         due = [f for f in self._families if f.enabled and self._last.get(f.name) != step
                and (f.name in self._deferred or (f.schedule.due_epoch(trainer.current_epoch)
                                                  if by_epoch else f.schedule.due_step(step)))]
-        allowed = [f for f in due if self.budget.allows(f.name)]
-        self._deferred = (self._deferred | {f.name for f in due}) - {f.name for f in allowed}
-        due = allowed
+        due = [f for f in due if self._admitted(f)]
         if due:
             self._measure(trainer, pl_module, due, step)
         self._drain()
@@ -232,7 +232,9 @@ class GeometryCallbackBase(pl.Callback):
 
         ctx = Context(trainer, pl_module, step, batch, capture)
         with preserved_rng(pl_module.device):
-            for fam in due:
+            for i, fam in enumerate(due):
+                if i and not self._admitted(fam):  # the measurements before it were charged
+                    continue
                 self._last[fam.name] = step
                 t0 = time.perf_counter()
                 try:
@@ -244,17 +246,22 @@ class GeometryCallbackBase(pl.Callback):
                     self.budget.charge(fam.name, time.perf_counter() - t0)
                 if isinstance(result, Measurement):
                     self._emit(fam.name, step, result)
-                elif not self._worker.submit(step, _tagged(fam.name, result)):
+                elif self._worker.submit(step, _tagged(fam.name, result)):
+                    self._pending.add(fam.name)
+                else:
                     self._warn_once(f"{fam.name}/dropped", f"{fam.name} measurement at step "
                                     f"{step} dropped: {self.max_pending} still pending")
 
     def _drain(self) -> None:
         for step, result, error in self._worker.drain():
-            if error is not None:
+            if error is not None:  # the job wrapper itself failed: which family is unknown
+                self._pending.clear()
                 self._fail("worker", error, step)
                 continue
             name, measurement, exc, seconds = result
-            self.budget.charge(name, seconds, background=True)
+            self._pending.discard(name)
+            offloaded = measurement.offloaded if measurement is not None else 0.0
+            self.budget.charge(name, seconds - offloaded, background=True)
             if exc is not None:
                 self._fail(name, exc, step)
             else:
@@ -297,9 +304,41 @@ class GeometryCallbackBase(pl.Callback):
                 pl_module.log(name, value, prog_bar=True, logger=False, on_step=True,
                               on_epoch=False, batch_size=1)
 
+    def _admitted(self, fam: _Family) -> bool:
+        """Whether the budget lets ``fam`` run now; a refused family stays due (deferred).
+
+        Under a budget a family also waits while its previous background job is pending (its
+        cost is not known yet); without one, every scheduled measurement is queued.
+        """
+        if self.budget.fraction is None:
+            return True
+        if fam.name not in self._pending and self.budget.allows(fam.name):
+            self._deferred.discard(fam.name)
+            return True
+        self._deferred.add(fam.name)
+        return False
+
+    def _close_families(self) -> None:
+        for fam in self._families:
+            try:
+                fam.close()
+            except Exception as exc:  # noqa: BLE001 - closing never stops training
+                self._warn_once(f"{fam.name}/close", f"{fam.name} did not close cleanly: {exc!r}")
+
     def _finish(self, *, wait: bool, log: bool = True) -> None:
+        # Pending background work is finished, within what is left of the overhead budget
+        # (all of it without a budget); what is left then is cancelled.
         worker, self._worker = self._worker, None
-        worker.close(wait=wait)
+        cancelled = worker.cancelled
+        try:
+            credit = self.budget.remaining() if wait else None
+            worker.close(wait=wait, timeout=30.0 if credit is None else max(0.0, credit))
+        finally:
+            self._close_families()
+        cancelled = worker.cancelled - cancelled
+        if wait and cancelled:
+            self._warn_once("cancelled", f"{cancelled} background measurement(s) still pending at "
+                            "the end of fit cancelled, to stay within max_overhead")
         if log:
             self._worker = worker  # _drain reads self._worker
             try:

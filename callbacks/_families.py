@@ -31,6 +31,8 @@ from torch import nn
 
 from geomonitor.monitor.keys import metric_key
 from geomonitor.monitor.schedule import Every
+from geomonitor.topology import neural_persistence_network, persistence_diagrams, summarize
+from geomonitor.topology.ripser_process import RipserProcess
 
 __all__ = ["Measurement", "Context", "IntrinsicDimensionFamily", "SharpnessFamily",
            "TopologyFamily", "NeuralPersistenceFamily", "training_loss", "default_forward",
@@ -45,6 +47,7 @@ class Measurement:
     diagrams: dict[str, list[np.ndarray]] = field(default_factory=dict)
     profiles: dict[str, tuple[list[str], list[float]]] = field(default_factory=dict)
     errors: list[BaseException] = field(default_factory=list)
+    offloaded: float = 0.0  # seconds a background job waited on a child process (not charged)
 
 
 class Context:
@@ -143,6 +146,11 @@ class _Family:
 
     def run(self, ctx: Context) -> Measurement | Callable[[], Measurement]:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what ``setup`` acquired (called at the end of a fit; may be called from
+        another thread while a background job of this family runs, and must stop it)."""
+        return None
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -249,8 +257,11 @@ class TopologyFamily(_Family):
     High-Performance Computation of Persistent Homology of Vietoris–Rips Filtrations") on at
     most ``n_landmarks`` maxmin landmarks (seeded by ``seed + step``); summaries (total
     persistence, entropy, number of bars, ...) from :func:`geomonitor.topology.summarize`.
-    Activations are copied to CPU on the training thread; the persistence work (worst case
-    O(n^3) in the number of simplices) runs in the background worker.
+    Activations are copied to CPU on the training thread; the background worker computes H0
+    and the landmarks, and giotto-ph (worst case O(n^3) in the number of simplices) runs in a
+    child process (:class:`~geomonitor.topology.ripser_process.RipserProcess`, launched at the
+    first measurement and stopped at the end of the fit): giotto-ph holds the GIL, so in a
+    thread it would stop the training loop while it computes.
     """
 
     name = "topology"
@@ -263,21 +274,28 @@ class TopologyFamily(_Family):
         self.n_landmarks = n_landmarks
         self.seed = seed
         self.log_diagrams = log_diagrams
+        self._ripser = RipserProcess()
+
+    def close(self) -> None:
+        self._ripser.close()
 
     def run(self, ctx: Context) -> Callable[[], Measurement]:
+        self._ripser.start()  # launched once, at the first measurement (its imports overlap training)
         clouds = {k: v.detach().to("cpu", copy=True) for k, v in ctx.activations().items()}
         seed = self.seed + ctx.step
         maxdim, n_landmarks, log_diagrams = self.maxdim, self.n_landmarks, self.log_diagrams
+        ripser = self._ripser
 
         def job() -> Measurement:
-            from geomonitor.topology import persistence_diagrams, summarize
-
             out = Measurement()
+            waited = ripser.waited
             for layer, X in clouds.items():
+                if ripser.closed:  # the fit is over: the measurement was cancelled
+                    break
                 try:
                     gen = torch.Generator().manual_seed(seed)
                     dgms = persistence_diagrams(X, maxdim=maxdim, n_landmarks=n_landmarks,
-                                                generator=gen)
+                                                generator=gen, ripser=ripser)
                     summary = summarize(dgms)
                 except Exception as exc:  # noqa: BLE001 - counted by the callback
                     out.errors.append(exc)
@@ -286,6 +304,7 @@ class TopologyFamily(_Family):
                     out.metrics[metric_key("ph", layer, s)] = float(v)
                 if log_diagrams:
                     out.diagrams[metric_key("ph", layer, "diagram")] = _as_arrays(dgms)
+            out.offloaded = ripser.waited - waited
             return out
 
         return job
@@ -313,8 +332,6 @@ class NeuralPersistenceFamily(_Family):
                    if isinstance(m, nn.Linear) and m.weight.dim() == 2}
 
         def job() -> Measurement:
-            from geomonitor.topology import neural_persistence_network
-
             res = neural_persistence_network(weights)
             out = Measurement(metrics={metric_key("neural_persistence"): float(res.mean)})
             for layer, v in res.per_layer.items():

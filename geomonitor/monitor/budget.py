@@ -1,26 +1,36 @@
 """An overhead budget: measure only while the monitor's cost stays under a fraction of training.
 
 Schedules say when a measurement is *due*; the budget says whether it may run *now*. With
-``fraction = 0.05`` a due measurement of family ``f`` runs only if
+``fraction = 0.05``, ``elapsed`` the wall time since :meth:`OverheadBudget.start` and
+``spent`` the seconds all measurements took so far, the *credit* is
 
-    spent + cost[f] <= fraction * (elapsed - spent)
+    credit = fraction * (elapsed - spent) - spent
 
-where ``elapsed`` is wall time since :meth:`OverheadBudget.start`, ``spent`` the seconds all
-measurements took so far (training thread and background thread alike: on a machine with few
-cores the background competes with training) and ``cost[f]`` the last observed cost of that
-family (background time is subtracted from training time as if it were serial, which is
-conservative when it actually overlaps training). A deferred measurement stays due and runs at the first step the budget allows, so
-the cadence stretches on fast training steps instead of slowing training down. The first
-measurement of each family always runs (its cost is unknown until then).
+(what the monitor may still spend, counting everything it spent as time taken from
+training). A due measurement of family ``f`` runs only if
+
+    credit >= cost[f]                     (cost[f]: the last observed cost of ``f``)
+    credit >= max(cost.values(), 0)       (``f`` never measured: its cost is unknown)
+
+so a family's first measurement waits until the credit covers the costliest measurement seen
+so far, and the monitor overshoots its fraction by at most the cost of the very first
+measurement of a fit. Background time is charged when its result comes back, as if it had
+run on the training thread (conservative when it actually overlapped training; work done in
+a child process, which runs at the lowest CPU priority, is not charged). A deferred
+measurement stays due and runs at the first step the budget allows, so the cadence
+stretches on fast training steps instead of slowing training down. :meth:`remaining` is the
+credit left, e.g. how long to wait for pending work at the end of a fit.
 
 Timing makes the decisions machine-dependent: use ``fraction=None`` (no budget) where the
 series must be reproducible step for step. The budget never touches the training itself.
 
 Example:
-    >>> b = OverheadBudget(0.05, clock=iter([0.0, 10.0]).__next__)
+    >>> b = OverheadBudget(0.05, clock=iter([0.0, 10.0, 10.0]).__next__)
     >>> b.start(); b.charge("sharpness", 0.2)
-    >>> b.allows("sharpness")   # 0.2 + 0.2 <= 0.05 * (10 - 0.2)
+    >>> b.allows("sharpness")   # 0.05 * (10 - 0.2) - 0.2 = 0.29 >= 0.2
     True
+    >>> round(b.remaining(), 2)
+    0.29
 """
 from __future__ import annotations
 
@@ -60,13 +70,21 @@ class OverheadBudget:
 
     def allows(self, name: str) -> bool:
         """Whether a measurement of ``name`` may run now; counts a deferral when not."""
-        if self.fraction is None or self._t0 is None or name not in self.cost:
+        credit = self.remaining()
+        if credit is None:
             return True
-        training = self._clock() - self._t0 - self.spent
-        if self.spent + self.cost[name] <= self.fraction * training:
+        needed = self.cost[name] if name in self.cost else max(self.cost.values(), default=0.0)
+        if credit >= needed:
             return True
         self.deferred[name] = self.deferred.get(name, 0) + 1
         return False
+
+    def remaining(self) -> float | None:
+        """The credit, ``fraction * (elapsed - spent) - spent`` (may be negative after a
+        first measurement); ``None`` without a fraction or before :meth:`start`."""
+        if self.fraction is None or self._t0 is None:
+            return None
+        return self.fraction * (self._clock() - self._t0 - self.spent) - self.spent
 
     def charge(self, name: str, seconds: float, *, background: bool = False) -> None:
         """Record that a measurement of ``name`` took ``seconds``.

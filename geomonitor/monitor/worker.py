@@ -23,9 +23,13 @@ second multi-threaded OpenMP team on a small machine competes with the training 
 team: measured on 2 cores, a 128-wide matmul loop on the training thread ran 5x slower while
 an idle worker thread that had run one 2-thread torch op was alive, and at full speed with
 this setting.
-If ``close`` times out because a job is still running, the remaining queued jobs are
-cancelled, a ``RuntimeWarning`` says so, and the (daemon) thread ends when that job returns;
-it never keeps the interpreter alive.
+A job that waits on something outside the interpreter (a child process) can be stopped:
+``interrupt`` (a constructor argument) is called by ``close`` when a running job must end
+(``wait=False``, or the ``timeout`` expired) and should make it return, e.g. by stopping that
+process; the interrupted job's result is discarded (counted in ``cancelled``). If the
+thread is still alive after that, the remaining queued jobs are cancelled, a
+``RuntimeWarning`` says so, and the (daemon) thread ends when that job returns; it never
+keeps the interpreter alive.
 
 Memory: at most ``max_pending`` jobs, plus finished results until they are drained.
 
@@ -49,25 +53,33 @@ import torch
 
 __all__ = ["BackgroundWorker"]
 
+_GRACE = 5.0
+
 
 class BackgroundWorker:
     """One daemon thread, a bounded queue; results come back to the caller's thread.
 
     Args:
         max_pending: most jobs queued or running at once; further ``submit`` calls drop.
+        interrupt: called (from the closing thread) when ``close`` must stop a running job;
+            it should make that job return (see the module docstring).
 
     Attributes:
         dropped: jobs refused by ``submit`` because the queue was full.
-        cancelled: jobs discarded unstarted by ``close(wait=False)`` (or a timed-out close).
+        cancelled: jobs discarded by ``close``: unstarted ones, and an interrupted one.
 
     Raises:
-        ValueError: ``max_pending`` not a positive int.
+        ValueError: ``max_pending`` not a positive int, or ``interrupt`` not callable.
     """
 
-    def __init__(self, max_pending: int = 4) -> None:
+    def __init__(self, max_pending: int = 4, *, interrupt: Callable[[], None] | None = None) -> None:
         if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
             raise ValueError(f"max_pending must be a positive int, got {max_pending!r}")
+        if interrupt is not None and not callable(interrupt):
+            raise ValueError(f"interrupt must be a callable or None, got {type(interrupt).__name__}")
         self.max_pending = max_pending
+        self._interrupt = interrupt
+        self._interrupted = False
         self.dropped = 0
         self.cancelled = 0
         self._cond = threading.Condition()
@@ -121,7 +133,8 @@ class BackgroundWorker:
 
     def close(self, *, wait: bool = True, timeout: float | None = 30.0) -> None:
         """Stop accepting jobs; finish (``wait=True``) or cancel (``wait=False``) the queued
-        ones; join the thread for at most ``timeout`` seconds (``None``: no limit). Idempotent."""
+        ones; join the thread for at most ``timeout`` seconds (``None``: no limit), stopping
+        a job still running then with ``interrupt`` (see the module docstring). Idempotent."""
         with self._cond:
             self._closed = True
             if not wait:
@@ -130,11 +143,19 @@ class BackgroundWorker:
             thread = self._thread
         if thread is None or thread is threading.current_thread():
             return
-        thread.join(timeout)
+        if wait or self._interrupt is None:
+            thread.join(timeout)
+        if thread.is_alive() and self._interrupt is not None:
+            with self._cond:
+                self._cancel_queued()
+                self._interrupted = self._running > 0
+            self._interrupt()
+            thread.join(_GRACE)  # an interrupted job returns at once
         if thread.is_alive():
             with self._cond:
                 self._cancel_queued()
-            warnings.warn(f"BackgroundWorker.close: a job still running after {timeout} s; queued "
+            when = f"after {timeout} s" if self._interrupt is None else f"{_GRACE} s after an interrupt"
+            warnings.warn(f"BackgroundWorker.close: a job still running {when}; queued "
                           "jobs cancelled, the daemon thread ends when that job returns",
                           RuntimeWarning, stacklevel=2)
 
@@ -157,7 +178,11 @@ class BackgroundWorker:
             except BaseException as exc:  # noqa: BLE001 - handed back by drain()
                 result, error = None, exc
             with self._cond:
-                self._done.append((step, result, error))
+                if self._interrupted:  # stopped by close: its outcome is not a result
+                    self.cancelled += 1
+                    self._interrupted = False
+                else:
+                    self._done.append((step, result, error))
                 self._running = 0
                 self._cond.notify_all()
 

@@ -28,7 +28,8 @@ Example:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,6 +93,7 @@ def persistence_diagrams(
     exact_h0: bool = True,
     n_threads: int = 1,
     dense_max: int = DENSE_MAX,
+    ripser: Callable[[np.ndarray, int], Sequence[np.ndarray]] | None = None,
 ) -> Diagrams:
     """Vietoris–Rips persistence of the rows of ``X`` (Euclidean distance), see module.
 
@@ -109,6 +111,10 @@ def persistence_diagrams(
         n_threads: giotto-ph threads for dimensions >= 1.
         dense_max: largest N for which H0 uses a dense N x N matrix (Prim); above it chunked
             Borůvka keeps memory at O(N) per row chunk.
+        ripser: ``ripser(D, maxdim)`` -> one (n_k, 2) array of bars per dimension 0..maxdim
+            for a float64 (m, m) distance matrix ``D``, in place of giotto-ph in this
+            process, e.g. a :class:`~geomonitor.topology.ripser_process.RipserProcess`
+            (giotto-ph in a child process; then ``n_threads`` is not used).
 
     Returns:
         :class:`Diagrams`.
@@ -143,19 +149,25 @@ def persistence_diagrams(
         deaths = np.sort(deaths[deaths > 0])
         dgms.append(np.stack([np.zeros_like(deaths), deaths], axis=1))
     if need_landmarks:
-        dgms.extend(_ripser_landmarks(P[idx], maxdim, n_threads, skip_h0=exact_h0))
+        dgms.extend(_ripser_landmarks(P[idx], maxdim, n_threads, skip_h0=exact_h0, ripser=ripser))
     return Diagrams(tuple(dgms), n_points=n, n_dropped=pts.n_dropped, n_landmarks=int(idx.numel()),
                     hausdorff_radius=float(eps), h0_exact=bool(exact_h0))
 
 
-def _ripser_landmarks(L: torch.Tensor, maxdim: int, n_threads: int, *, skip_h0: bool) -> list[np.ndarray]:
-    """giotto-ph on the float64 distance matrix of the landmarks; finite, positive bars."""
-    from gph import ripser_parallel
-
+def _ripser_landmarks(L: torch.Tensor, maxdim: int, n_threads: int, *, skip_h0: bool,
+                      ripser: Callable[[np.ndarray, int], Sequence[np.ndarray]] | None = None,
+                      ) -> list[np.ndarray]:
+    """giotto-ph (or ``ripser``) on the float64 distance matrix of the landmarks; finite,
+    positive bars."""
     D = pairwise_distances(L.double()).cpu().numpy()
-    res = ripser_parallel(D, metric="precomputed", maxdim=maxdim, n_threads=n_threads)
+    if ripser is None:
+        from gph import ripser_parallel
+
+        raw = ripser_parallel(D, metric="precomputed", maxdim=maxdim, n_threads=n_threads)["dgms"]
+    else:
+        raw = ripser(D, maxdim)
     out = []
-    for k, d in enumerate(res["dgms"]):
+    for k, d in enumerate(raw):
         if skip_h0 and k == 0:
             continue
         d = np.asarray(d, dtype=np.float64).reshape(-1, 2)

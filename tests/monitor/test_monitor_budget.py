@@ -1,4 +1,4 @@
-"""OverheadBudget with a scripted clock: admission follows spent + cost <= fraction * training."""
+"""OverheadBudget with a scripted clock: admission follows credit = fraction * training - spent >= cost."""
 from __future__ import annotations
 
 import pytest
@@ -14,17 +14,29 @@ class _Clock:
         return self.t
 
 
-def test_first_measurement_of_each_family_always_runs_then_the_budget_governs():
+def test_the_first_measurement_of_a_fit_runs_at_once():
     clock = _Clock()
     b = OverheadBudget(0.1, clock=clock)
     b.start()
-    assert b.allows("id") and b.allows("sharpness")  # costs unknown yet
+    assert b.remaining() == 0.0 and b.allows("id")  # credit 0 >= largest known cost 0
+
+
+def test_an_unknown_family_waits_for_credit_covering_the_costliest_known_one():
+    clock = _Clock()
+    b = OverheadBudget(0.1, clock=clock)
+    b.start()
     b.charge("sharpness", 1.0)
-    clock.t += 5.0  # 5 s elapsed, 1 s of it measuring: training 4 s, budget 0.4 s
-    assert not b.allows("sharpness") and b.deferred == {"sharpness": 1}
-    assert b.allows("id")  # never measured: its cost is unknown
-    clock.t += 16.0  # elapsed 21, training 20, budget 2.0 >= spent 1 + cost 1
-    assert b.allows("sharpness")
+    clock.t += 5.0  # credit = 0.1 * (5 - 1) - 1 = -0.6
+    assert b.remaining() == pytest.approx(-0.6)
+    assert not b.allows("sharpness") and not b.allows("id")
+    assert b.deferred == {"sharpness": 1, "id": 1}
+    clock.t += 15.9  # credit = 0.1 * 19.9 - 1 = 0.99 < 1.0 (cost of sharpness)
+    assert not b.allows("id")
+    clock.t += 0.1  # credit = 0.1 * 20 - 1 = 1.0
+    assert b.allows("id") and b.allows("sharpness")
+    b.charge("id", 0.1)  # now known and cheap: needs only its own cost
+    # elapsed 21: credit = 0.1 * (21 - 1.1) - 1.1 = 0.89
+    assert b.allows("id") and not b.allows("sharpness") and not b.allows("np")
 
 
 @pytest.mark.parametrize("elapsed,expected", [(10.9, False), (11.0, True)])
@@ -34,7 +46,7 @@ def test_boundary_matches_the_formula(elapsed, expected):
     b.start()
     b.charge("x", 1.0)
     clock.t += elapsed
-    # spent + cost = 2.0 <= 0.2 * (elapsed - 1.0)  <=>  elapsed >= 11
+    # credit = 0.2 * (elapsed - 1) - 1 >= cost 1.0  <=>  elapsed >= 11
     assert b.allows("x") is expected
 
 
@@ -59,6 +71,7 @@ def test_none_admits_everything_and_start_resets():
     c.charge("x", 5.0)
     c.start()
     assert c.spent == 0.0 and c.cost == {} and c.allows("x")
+    assert b.remaining() is None and OverheadBudget(0.1).remaining() is None  # no budget / not started
 
 
 @pytest.mark.parametrize("bad", [0, 0.0, -0.1, 1.5, True, "0.05", float("nan")])

@@ -1,0 +1,205 @@
+"""giotto-ph in a child process, so that persistence really runs beside training.
+
+giotto-ph's ``ripser_parallel`` keeps the GIL for its whole run. Called from a Python thread
+it therefore stops every other Python thread, the training loop included, for as long as it
+computes (measured on 2 cores: a training loop beside a thread computing landmark diagrams
+lost 0.7 s per second that thread computed; see ``benchmarks/bench_monitor_overhead.py``).
+:class:`RipserProcess` runs it in a child interpreter instead. The calling thread waits on a
+pipe, which releases the GIL, while the child computes on another core.
+
+* The child is ``sys.executable -c <script>``: it imports only numpy and giotto-ph (with its
+  scikit-learn dependency: start-up about 1 s of CPU), never torch and never the caller's
+  ``__main__`` (so, unlike ``multiprocessing``'s spawn, a script without an
+  ``if __name__ == "__main__"`` guard is safe). It runs at the lowest CPU priority
+  (``nice 19``): on a machine whose cores the training keeps busy it takes only idle time,
+  and on a spare core it runs at full speed.
+* ``waited`` adds up the seconds callers spent blocked on the child (GIL released), so a
+  caller can tell its own CPU time from the child's.
+* Protocol: one request at a time, a little-endian 8-byte length then a pickle, both ways:
+  ``(D, maxdim)`` in, ``("ok", [dgm_0, ..., dgm_maxdim])`` or ``("error", message)`` out.
+  The child's own stdout is moved to stderr, so a print in a library cannot corrupt it.
+* :meth:`RipserProcess.start` launches the child without waiting for it; the first call
+  starts it if needed. :meth:`RipserProcess.close` (idempotent, callable from any thread)
+  kills it (it keeps no state); a call blocked on the child then raises ``RuntimeError`` at
+  once, and so do later calls until :meth:`RipserProcess.start` reopens it. A child that
+  died on its own is restarted by the next call.
+* If no child can be started (``OSError``, e.g. no Python executable in a frozen app), calls
+  run giotto-ph in this process, with one ``RuntimeWarning``.
+
+Cost: pickling the m x m float64 landmark distance matrix (m = 128: 128 KiB) both ways, about
+a millisecond, plus giotto-ph's own time on the other core. Memory: one child (numpy and
+giotto-ph, about 80 MiB resident), idle between requests.
+
+Example:
+    >>> with RipserProcess() as ripser:                      # doctest: +SKIP
+    ...     dgms = ripser(distance_matrix, maxdim=1)         # [H0 bars, H1 bars]
+"""
+from __future__ import annotations
+
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from typing import IO
+
+import numpy as np
+
+__all__ = ["RipserProcess", "ripser_in_process"]
+
+_HEADER = struct.Struct("<Q")
+
+_CHILD = r"""
+import os, pickle, struct, sys
+out = os.fdopen(os.dup(1), "wb")
+os.dup2(2, 1)
+if hasattr(os, "nice"):
+    os.nice(19)
+import numpy as np
+from gph import ripser_parallel
+inp, head = sys.stdin.buffer, struct.Struct("<Q")
+while True:
+    h = inp.read(8)
+    if len(h) < 8:
+        break
+    D, maxdim = pickle.loads(inp.read(head.unpack(h)[0]))
+    try:
+        dgms = ripser_parallel(D, metric="precomputed", maxdim=maxdim, n_threads=1)["dgms"]
+        res = ("ok", [np.asarray(d, dtype=np.float64).reshape(-1, 2) for d in dgms])
+    except Exception as exc:
+        res = ("error", "%s: %s" % (type(exc).__name__, exc))
+    blob = pickle.dumps(res, protocol=4)
+    out.write(head.pack(len(blob)) + blob)
+    out.flush()
+"""
+
+
+def ripser_in_process(D: np.ndarray, maxdim: int) -> list[np.ndarray]:
+    """giotto-ph on the distance matrix ``D`` in this process: one (n_k, 2) array per dimension."""
+    from gph import ripser_parallel
+
+    dgms = ripser_parallel(D, metric="precomputed", maxdim=maxdim, n_threads=1)["dgms"]
+    return [np.asarray(d, dtype=np.float64).reshape(-1, 2) for d in dgms]
+
+
+class RipserProcess:
+    """A callable ``(D, maxdim) -> [dgm_0, ..., dgm_maxdim]`` served by one child process.
+
+    ``D`` is an (m, m) symmetric distance matrix; the result has one float64 (n_k, 2) array
+    of (birth, death) bars per dimension 0..maxdim, as giotto-ph returns them (the essential
+    H0 bar included, with death ``inf``).
+
+    Raises (from a call):
+        RuntimeError: the instance is closed, the child ended during the call (e.g.
+            :meth:`close` from another thread), or giotto-ph raised in it (its message is
+            included).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._proc: subprocess.Popen | None = None
+        self._in_process = False
+        self._closed = False
+        self.waited = 0.0
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called (and :meth:`start` not since)."""
+        return self._closed
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while one is running, else ``None``."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def start(self) -> None:
+        """Launch the child now (without waiting for its imports); a no-op if it runs. Also
+        reopens a closed instance."""
+        with self._lock:
+            self._closed = False
+            self._ensure()
+
+    def __call__(self, D: np.ndarray, maxdim: int) -> list[np.ndarray]:
+        D = np.ascontiguousarray(D, dtype=np.float64)
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("RipserProcess is closed (start() reopens it)")
+            proc = self._ensure()
+            if proc is None:
+                return ripser_in_process(D, maxdim)
+            blob = pickle.dumps((D, int(maxdim)), protocol=4)
+            t0 = time.perf_counter()
+            try:
+                proc.stdin.write(_HEADER.pack(len(blob)) + blob)
+                proc.stdin.flush()
+                (n,) = _HEADER.unpack(_read(proc.stdout, _HEADER.size))
+                status, payload = pickle.loads(_read(proc.stdout, n))
+            except (OSError, EOFError, ValueError) as exc:
+                self._stop(proc)
+                raise RuntimeError("the giotto-ph child process ended during a computation") from exc
+            finally:
+                self.waited += time.perf_counter() - t0
+        if status != "ok":
+            raise RuntimeError(f"giotto-ph failed in the child process: {payload}")
+        return payload
+
+    def close(self) -> None:
+        """Stop the child now (idempotent; safe while another thread is waiting on it, whose
+        read then returns at once). The child keeps no state, so it is simply killed."""
+        self._closed = True
+        proc, self._proc = self._proc, None
+        if proc is None:
+            return
+        proc.kill()
+        if self._lock.acquire(blocking=False):  # else the waiting caller reaps it
+            try:
+                self._stop(proc)
+            finally:
+                self._lock.release()
+
+    def _ensure(self) -> subprocess.Popen | None:
+        if self._in_process:
+            return None
+        if self._proc is not None and self._proc.poll() is None:
+            return self._proc
+        try:
+            self._proc = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE,
+                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+        except OSError as exc:
+            self._in_process = True
+            warnings.warn(f"RipserProcess: cannot start a child process ({exc!r}); giotto-ph "
+                          "runs in this process instead", RuntimeWarning, stacklevel=3)
+            return None
+        return self._proc
+
+    @staticmethod
+    def _stop(proc: subprocess.Popen) -> None:
+        proc.kill()
+        for pipe in (proc.stdin, proc.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        proc.wait()
+
+    def __enter__(self) -> RipserProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown
+            pass
+
+
+def _read(stream: IO[bytes], n: int) -> bytes:
+    data = stream.read(n)
+    if data is None or len(data) < n:
+        raise EOFError(f"expected {n} bytes from the child, got {0 if data is None else len(data)}")
+    return data
