@@ -120,7 +120,7 @@ def persistence_diagrams(
         :class:`Diagrams`.
 
     Raises:
-        ValueError: invalid ``maxdim``, ``n_landmarks``, ``n_threads``, or fewer than 2
+        ValueError: invalid ``maxdim``, ``n_landmarks``, ``n_threads``, ``ripser``, or fewer than 2
             finite rows (see :func:`geomonitor._inputs.as_points`).
 
     Cost: H0 O(N^2 D) flops on ``X.device``; landmarks O(m N D); landmark distance matrix
@@ -133,6 +133,8 @@ def persistence_diagrams(
         raise ValueError(f"n_landmarks must be an int >= 3 or None, got {n_landmarks!r}")
     if isinstance(n_threads, bool) or not isinstance(n_threads, int) or not (n_threads >= 1 or n_threads == -1):
         raise ValueError(f"n_threads must be an int >= 1 (or -1 for all cores), got {n_threads!r}")
+    if ripser is not None and not callable(ripser):
+        raise ValueError(f"ripser must be a callable or None, got {type(ripser).__name__}")
     pts = as_points(X, min_points=2)
     P, n = pts.X, pts.X.shape[0]
 

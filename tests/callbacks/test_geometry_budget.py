@@ -1,12 +1,18 @@
 """The overhead budget in a real fit: deferred measurements, schedule kept without a budget."""
 from __future__ import annotations
 
+import threading
+import time
+import warnings
+
+import gph  # noqa: F401 - imported here, not inside the first timed measurement
 import pytest
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import Logger
 
 from geomonitor.callbacks import GeometryMonitor
+from geomonitor.topology.ripser_process import ripser_in_process
 
 
 class _Recorder(Logger):
@@ -68,7 +74,7 @@ def test_without_a_budget_every_scheduled_step_is_measured():
 
 def test_a_tight_budget_defers_measurements_and_never_measures_off_step():
     mon, steps = _fit(0.001)
-    assert steps[0] == 1  # the first measurement always runs (its cost is unknown)
+    assert steps[0] == 1  # the first measurement of a fit runs at once (credit 0 >= no known cost)
     assert len(steps) < 40 and mon.budget.deferred["sharpness"] > 0
     assert steps == sorted(set(steps)) and all(1 <= s <= 40 for s in steps)
 
@@ -76,3 +82,80 @@ def test_a_tight_budget_defers_measurements_and_never_measures_off_step():
 def test_bad_max_overhead_is_rejected_at_construction():
     with pytest.raises(ValueError, match=r"max_overhead must be a number in \(0, 1\] or None, got 2"):
         GeometryMonitor(max_overhead=2)
+
+
+class _SlowRipser:
+    """Stands in for the giotto-ph child process: waits ``delay`` seconds per call (counted
+    in ``waited``, as the child's time is), then computes in this process; ``close`` ends a
+    waiting call at once, as killing the child does."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay, self.waited, self.calls = delay, 0.0, 0
+        self._stop = threading.Event()
+
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
+
+    def start(self) -> None:
+        self._stop.clear()
+
+    def close(self) -> None:
+        self._stop.set()
+
+    def __call__(self, D, maxdim):
+        t0 = time.perf_counter()
+        stopped = self._stop.wait(self.delay)
+        self.waited += time.perf_counter() - t0
+        if stopped:
+            raise RuntimeError("closed")
+        self.calls += 1
+        return ripser_in_process(D, maxdim)
+
+
+def _topology_fit(max_overhead, delay, max_steps=20):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    data = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
+    mon = GeometryMonitor(layers=["fc1"], probe_size=32, topology_every_n_steps=1,
+                          topology_every_n_epochs=None, id_every_n_steps=None,
+                          sharpness_every_n_steps=None, np_every_n_epochs=None, prog_bar=None,
+                          log_diagrams=False, max_overhead=max_overhead)
+    fam = next(f for f in mon._families if f.name == "topology")
+    fam._ripser = _SlowRipser(delay)
+    rec = _Recorder()
+    trainer = pl.Trainer(max_steps=max_steps, logger=rec, callbacks=[mon], accelerator="cpu",
+                         enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.fit(_Net(), torch.utils.data.DataLoader(data, batch_size=4))
+    wall = time.perf_counter() - t0
+    steps = [s for s, m in rec.rows if "geometry/ph/fc1/h1_n_bars" in m]
+    return mon, fam._ripser, steps, [str(w.message) for w in caught], wall
+
+
+def test_under_a_budget_a_family_waits_for_its_pending_background_job():
+    mon, ripser, steps, messages, _ = _topology_fit(1.0, delay=0.02, max_steps=80)
+    # without the wait, 80 due measurements would overflow the 4-slot queue ("dropped")
+    assert not [m for m in messages if "dropped" in m]
+    assert 2 <= len(steps) < 80 and steps == sorted(set(steps)) and ripser.calls == len(steps)
+
+
+def test_time_waiting_on_the_child_is_not_charged():
+    mon, ripser, steps, _, _ = _topology_fit(None, delay=0.2, max_steps=3)
+    assert steps == [1, 2, 3] and ripser.waited >= 0.6
+    assert mon.budget.spent < 0.2  # the three 0.2 s waits are not in it
+
+
+def test_at_the_end_of_fit_pending_work_is_cancelled_within_the_budget():
+    mon, ripser, steps, messages, wall = _topology_fit(0.05, delay=30.0, max_steps=4)
+    assert steps == [] and ripser.calls == 0 and wall < 10.0  # did not wait the 30 s
+    assert any("background measurement(s) still pending at the end of fit cancelled, to stay "
+               "within max_overhead" in m for m in messages)
+
+
+def test_without_a_budget_pending_work_is_finished_and_logged():
+    mon, ripser, steps, messages, _ = _topology_fit(None, delay=0.3, max_steps=2)
+    assert steps == [1, 2] and not [m for m in messages if "cancelled" in m]

@@ -2,11 +2,12 @@
 
 The model has BatchNorm (running statistics), dropout (global RNG) and a transformer block
 (``nn.TransformerEncoderLayer``, scaled-dot-product attention); the train loader shuffles with
-the global generator. Also: no thread outlives the Trainer, and an interrupted fit (on_exception)
-cancels the background work.
+the global generator. Also: no thread and no child process (giotto-ph's) outlives the Trainer,
+and an interrupted fit (on_exception) cancels the background work.
 """
 from __future__ import annotations
 
+import os
 import signal
 import threading
 
@@ -51,14 +52,36 @@ class _Record(pl.Callback):
         self.losses.append(outputs["loss"].detach().clone())
 
 
-def _run(tmp_path, monitor=None, max_steps=8, raise_at=None):
+class _ChildPids(pl.Callback):
+    """Records the giotto-ph child process of the monitor's topology family while it runs."""
+
+    def __init__(self, monitor) -> None:
+        self.monitor, self.pids = monitor, set()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        for fam in self.monitor._families:
+            pid = fam._ripser.pid if fam.name == "topology" else None
+            if pid is not None:
+                self.pids.add(pid)
+
+    def all_gone(self) -> bool:
+        for pid in self.pids:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            return False
+        return True
+
+
+def _run(tmp_path, monitor=None, max_steps=8, extra=()):
     pl.seed_everything(123, verbose=False)
     g = torch.Generator().manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(48, 4, 6, generator=g),
                                           torch.randint(0, 3, (48,), generator=g))
     loader = torch.utils.data.DataLoader(data, batch_size=8, shuffle=True)
     model, rec = _Block(), _Record()
-    callbacks = [rec] + ([monitor] if monitor is not None else [])
+    callbacks = [rec] + ([monitor] if monitor is not None else []) + list(extra)
     trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False,
                          callbacks=callbacks, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False,
@@ -78,7 +101,8 @@ def test_monitor_leaves_weights_optimizer_losses_and_rng_bitwise_unchanged(tmp_p
     before = set(threading.enumerate())
     ref_model, ref_opt, ref_losses, ref_rng = _run(tmp_path)
     mon = _monitor(strict=True)
-    model, opt, losses, rng = _run(tmp_path, mon)
+    children = _ChildPids(mon)
+    model, opt, losses, rng = _run(tmp_path, mon, extra=[children])
 
     assert mon._last == {"id": 8, "sharpness": 6, "topology": 8, "neural_persistence": 8}
     assert mon.errors == {}
@@ -88,8 +112,9 @@ def test_monitor_leaves_weights_optimizer_losses_and_rng_bitwise_unchanged(tmp_p
         assert torch.equal(ref_opt.state[pa]["momentum_buffer"], opt.state[pb]["momentum_buffer"])
     assert torch.equal(torch.stack(ref_losses), torch.stack(losses))
     assert torch.equal(ref_rng, rng)
-    # no thread outlives the Trainer
+    # no thread and no child process outlives the Trainer
     assert set(threading.enumerate()) <= before
+    assert children.pids and children.all_gone()
 
 
 class _Boom(pl.Callback):
@@ -105,10 +130,11 @@ class _Boom(pl.Callback):
 def test_interrupted_fit_cancels_background_work(tmp_path, exc):
     before = set(threading.enumerate())
     mon = _monitor()
+    children = _ChildPids(mon)
     pl.seed_everything(0, verbose=False)
     data = torch.utils.data.TensorDataset(torch.randn(48, 4, 6), torch.randint(0, 3, (48,)))
     trainer = pl.Trainer(max_steps=20, accelerator="cpu", logger=False,
-                         callbacks=[mon, _Boom(exc)], enable_progress_bar=False,
+                         callbacks=[mon, children, _Boom(exc)], enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False,
                          default_root_dir=tmp_path)
     if isinstance(exc, KeyboardInterrupt):
@@ -124,3 +150,4 @@ def test_interrupted_fit_cancels_background_work(tmp_path, exc):
             trainer.fit(_Block(), torch.utils.data.DataLoader(data, batch_size=8))
     assert mon._worker is None
     assert set(threading.enumerate()) <= before
+    assert children.pids and children.all_gone()

@@ -158,6 +158,7 @@ def test_context_manager_closes():
     (lambda: BackgroundWorker(True), r"max_pending must be a positive int, got True"),
     (lambda: BackgroundWorker().submit(1.0, lambda: 0), r"step must be an int, got 1.0"),
     (lambda: BackgroundWorker().submit(1, 3), r"fn must be a zero-argument callable, got int"),
+    (lambda: BackgroundWorker(interrupt=5), r"interrupt must be a callable or None, got int"),
 ])
 def test_argument_errors(call, match):
     with pytest.raises(ValueError, match=match):
@@ -173,3 +174,44 @@ def test_jobs_run_single_threaded_without_changing_the_callers_thread_count():
     w.close()
     assert w.drain() == [(0, 1, None)]
     assert torch.get_num_threads() == before
+
+
+def _blocking_job(release: threading.Event, started: threading.Event):
+    def run():
+        started.set()
+        release.wait(10)
+        return "finished"
+    return run
+
+
+def test_close_wait_false_interrupts_the_running_job_and_discards_its_result():
+    release, started = threading.Event(), threading.Event()
+    w = BackgroundWorker(interrupt=release.set)
+    w.submit(1, _blocking_job(release, started))
+    w.submit(2, lambda: "never started")
+    assert started.wait(5)
+    t0 = time.perf_counter()
+    w.close(wait=False)
+    assert time.perf_counter() - t0 < 2.0  # did not wait the job's 10 s
+    assert w.drain() == [] and w.cancelled == 2 and not _workers()
+
+
+def test_close_timeout_interrupts_then_joins_without_warning(recwarn):
+    release, started = threading.Event(), threading.Event()
+    calls = []
+    w = BackgroundWorker(interrupt=lambda: (calls.append(1), release.set()))
+    w.submit(1, lambda: "quick")
+    w.submit(2, _blocking_job(release, started))
+    assert started.wait(5)
+    w.close(wait=True, timeout=0.05)
+    assert calls == [1] and w.cancelled == 1
+    assert [s for s, _, _ in w.drain()] == [1]  # the finished job is kept
+    assert not [x for x in recwarn if issubclass(x.category, RuntimeWarning)] and not _workers()
+
+
+def test_close_without_a_running_job_does_not_interrupt():
+    calls = []
+    w = BackgroundWorker(interrupt=lambda: calls.append(1))
+    w.submit(1, lambda: 1)
+    w.close(wait=True)
+    assert calls == [] and w.drain() == [(1, 1, None)]

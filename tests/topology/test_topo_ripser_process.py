@@ -1,0 +1,132 @@
+"""RipserProcess: giotto-ph in a child process gives giotto-ph's diagrams; closing, restarts,
+errors and the in-process fallback."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from gph import ripser_parallel
+
+from geomonitor.topology import persistence_diagrams
+from geomonitor.topology.ripser_process import RipserProcess, ripser_in_process
+
+
+def _distances(n: int, d: int, seed: int = 0) -> np.ndarray:
+    X = np.random.default_rng(seed).normal(size=(n, d))
+    return np.sqrt(((X[:, None] - X[None]) ** 2).sum(-1))
+
+
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.fixture
+def ripser():
+    r = RipserProcess()
+    yield r
+    r.close()
+
+
+@pytest.mark.parametrize("n, maxdim", [(60, 1), (30, 2)])
+def test_child_returns_giotto_ph_diagrams_exactly(ripser, n, maxdim):
+    D = _distances(n, 5)
+    ours = ripser(D, maxdim)
+    ref = ripser_parallel(D, metric="precomputed", maxdim=maxdim)["dgms"]
+    assert len(ours) == maxdim + 1
+    for a, b in zip(ours, ref):
+        np.testing.assert_array_equal(a, np.asarray(b, dtype=np.float64))
+    assert ripser.waited > 0.0 and ripser.pid is not None
+
+
+def test_persistence_diagrams_through_the_child_equal_the_default(ripser):
+    X = torch.randn(300, 16, generator=torch.Generator().manual_seed(1))
+    kw = dict(maxdim=1, n_landmarks=80)
+    a = persistence_diagrams(X, generator=torch.Generator().manual_seed(0), ripser=ripser, **kw)
+    b = persistence_diagrams(X, generator=torch.Generator().manual_seed(0), **kw)
+    assert a.hausdorff_radius == b.hausdorff_radius
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_close_during_a_call_returns_at_once_and_reaps_the_child(ripser):
+    D = _distances(400, 8)  # maxdim 2 on 400 points: seconds of work
+    ripser(D[:5, :5], 1)  # the child is up
+    pid, errors = ripser.pid, []
+
+    def call():
+        try:
+            ripser(D, 2)
+        except RuntimeError as exc:
+            errors.append(exc)
+
+    t = threading.Thread(target=call)
+    t.start()
+    time.sleep(0.3)
+    t0 = time.perf_counter()
+    ripser.close()
+    t.join(5)
+    assert not t.is_alive() and time.perf_counter() - t0 < 2.0
+    assert len(errors) == 1 and "ended during a computation" in str(errors[0])
+    assert _gone(pid) and ripser.pid is None and ripser.closed
+
+
+def test_a_closed_instance_raises_until_start_reopens_it(ripser):
+    D = _distances(20, 3)
+    ripser.close()
+    ripser.close()  # idempotent
+    with pytest.raises(RuntimeError, match=r"RipserProcess is closed \(start\(\) reopens it\)"):
+        ripser(D, 1)
+    ripser.start()
+    assert not ripser.closed and len(ripser(D, 1)) == 2
+
+
+def test_a_child_that_died_is_restarted(ripser):
+    D = _distances(40, 3)
+    first = ripser(D, 1)
+    pid = ripser.pid
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.time() + 5
+    while ripser.pid is not None and time.time() < deadline:
+        time.sleep(0.01)
+    again = ripser(D, 1)
+    assert ripser.pid not in (None, pid)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_giotto_ph_errors_come_back_with_their_message(ripser):
+    with pytest.raises(RuntimeError, match=r"giotto-ph failed in the child process: ValueError: "
+                                           r"The matrix argument must be square"):
+        ripser(np.zeros((3, 4)), 1)
+    assert len(ripser(_distances(10, 2), 1)) == 2  # the child survives a failed request
+
+
+def test_without_a_child_it_computes_in_process_and_warns_once(monkeypatch, ripser):
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    D = _distances(40, 3)
+    with pytest.warns(RuntimeWarning, match=r"cannot start a child process .* giotto-ph runs in this process"):
+        ours = ripser(D, 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        again = ripser(D, 1)
+    assert caught == []  # warned once only
+    for a, b, c in zip(ours, again, ripser_in_process(D, 1)):
+        np.testing.assert_array_equal(a, c)
+        np.testing.assert_array_equal(b, c)
+    assert ripser.pid is None
+
+
+def test_bad_ripser_argument_is_rejected():
+    with pytest.raises(ValueError, match=r"ripser must be a callable or None, got int"):
+        persistence_diagrams(torch.randn(10, 2), maxdim=1, ripser=3)
