@@ -94,7 +94,6 @@ class GeometryCallbackBase(pl.Callback):
         self._warned: set[str] = set()
         self._last: dict[str, int] = {}
         self._deferred: set[str] = set()
-        self._pending: set[str] = set()  # families with a background job not yet drained
         self._shown: dict[str, float] = {}
         self._latest: dict[str, float] = {}
         self._probe: ProbeSet | None = None
@@ -186,7 +185,6 @@ class GeometryCallbackBase(pl.Callback):
             self._modules = self._selector.resolve(pl_module)
         if self._worker is not None:
             self._worker.close(wait=False)
-        self._pending.clear()
         self._worker = BackgroundWorker(max_pending=self.max_pending, interrupt=self._close_families)
 
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -210,16 +208,20 @@ class GeometryCallbackBase(pl.Callback):
         self._probe = probe.to(pl_module.device)
 
     def _step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, by_epoch: bool) -> None:
+        t0 = time.perf_counter()
         step = trainer.global_step
         due = [f for f in self._families if f.enabled and self._last.get(f.name) != step
                and (f.name in self._deferred or (f.schedule.due_epoch(trainer.current_epoch)
                                                  if by_epoch else f.schedule.due_step(step)))]
         due = [f for f in due if self._admitted(f)]
         if due:
-            self._measure(trainer, pl_module, due, step)
+            t1 = time.perf_counter()
+            self._measure(trainer, pl_module, due, step)  # charges each measurement itself
+            t0 += time.perf_counter() - t1
         self._drain()
         if not by_epoch:
             self._show(pl_module)
+        self.budget.charge_bookkeeping(time.perf_counter() - t0)
 
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                  due: list[_Family], step: int) -> None:
@@ -240,28 +242,28 @@ class GeometryCallbackBase(pl.Callback):
                 try:
                     result = fam.run(ctx)
                 except Exception as exc:  # noqa: BLE001 - measurement errors never stop training
+                    self.budget.charge(fam.name, time.perf_counter() - t0)
                     self._fail(fam.name, exc, step)
                     continue
-                finally:
-                    self.budget.charge(fam.name, time.perf_counter() - t0)
+                seconds = time.perf_counter() - t0
                 if isinstance(result, Measurement):
+                    self.budget.charge(fam.name, seconds)
                     self._emit(fam.name, step, result)
                 elif self._worker.submit(step, _tagged(fam.name, result)):
-                    self._pending.add(fam.name)
+                    self.budget.charge(fam.name, seconds, pending=True)
                 else:
+                    self.budget.charge(fam.name, seconds)
                     self._warn_once(f"{fam.name}/dropped", f"{fam.name} measurement at step "
                                     f"{step} dropped: {self.max_pending} still pending")
 
     def _drain(self) -> None:
         for step, result, error in self._worker.drain():
             if error is not None:  # the job wrapper itself failed: which family is unknown
-                self._pending.clear()
+                self.budget.pending.clear()
                 self._fail("worker", error, step)
                 continue
             name, measurement, exc, seconds = result
-            self._pending.discard(name)
-            offloaded = measurement.offloaded if measurement is not None else 0.0
-            self.budget.charge(name, seconds - offloaded, background=True)
+            self.budget.charge(name, seconds, background=True)
             if exc is not None:
                 self._fail(name, exc, step)
             else:
@@ -307,12 +309,9 @@ class GeometryCallbackBase(pl.Callback):
     def _admitted(self, fam: _Family) -> bool:
         """Whether the budget lets ``fam`` run now; a refused family stays due (deferred).
 
-        Under a budget a family also waits while its previous background job is pending (its
-        cost is not known yet); without one, every scheduled measurement is queued.
+        Without a budget every scheduled measurement runs (background jobs are queued).
         """
-        if self.budget.fraction is None:
-            return True
-        if fam.name not in self._pending and self.budget.allows(fam.name):
+        if self.budget.allows(fam.name):
             self._deferred.discard(fam.name)
             return True
         self._deferred.add(fam.name)
@@ -348,12 +347,13 @@ class GeometryCallbackBase(pl.Callback):
 
 
 def _tagged(name: str, job: Callable[[], Measurement]) -> Callable[[], tuple]:
+    # the job's cost is the CPU time of the thread running it (see OverheadBudget)
     def run() -> tuple[str, Measurement | None, BaseException | None, float]:
-        t0 = time.perf_counter()
+        t0 = time.thread_time()
         try:
-            return name, job(), None, time.perf_counter() - t0
+            return name, job(), None, time.thread_time() - t0
         except Exception as exc:  # noqa: BLE001 - reported on the training thread
-            return name, None, exc, time.perf_counter() - t0
+            return name, None, exc, time.thread_time() - t0
 
     return run
 

@@ -3,20 +3,18 @@
 A *family* is a small object with a schedule (:class:`~geomonitor.monitor.schedule.Every`) and a
 ``run(ctx)`` method. ``run`` executes on the training thread and returns either a finished
 :class:`Measurement` or a zero-argument function that computes one; the caller sends such a
-function to the :class:`~geomonitor.monitor.worker.BackgroundWorker` (CPU-heavy persistence
-work) and logs its result later, against the step it measured.
+function to the :class:`~geomonitor.monitor.worker.BackgroundWorker` (work that waits on a
+child process) and logs its result later, against the step it measured.
 
 Families know nothing about loggers or the ``Trainer``'s life cycle: that is the callback's
 job (:mod:`geomonitor.callbacks._base`). The four families:
 
-===================  ================  ===================================================
-family               thread            metrics (built by ``metric_key``)
-===================  ================  ===================================================
-``id``               training          ``geometry/id/<layer>``, W&B profile across layers
-``sharpness``        training          ``geometry/sharpness``, ``geometry/eos_ratio``, ``geometry/n_hvp``
-``topology``         background        ``geometry/ph/<layer>/<summary>``, W&B diagrams
-``neural_persistence``  background     ``geometry/neural_persistence`` (+ ``/<layer>``)
-===================  ================  ===================================================
+* ``id`` (training thread): ``geometry/id/<layer>``, W&B profile across layers;
+* ``sharpness`` (training thread): ``geometry/sharpness``, ``geometry/eos_ratio``,
+  ``geometry/n_hvp``;
+* ``topology`` (tensor work on the training thread, giotto-ph in a child process waited on
+  by the worker): ``geometry/ph/<layer>/<summary>``, W&B diagrams;
+* ``neural_persistence`` (training thread): ``geometry/neural_persistence`` (+ ``/<layer>``).
 """
 from __future__ import annotations
 
@@ -31,7 +29,7 @@ from torch import nn
 
 from geomonitor.monitor.keys import metric_key
 from geomonitor.monitor.schedule import Every
-from geomonitor.topology import neural_persistence_network, persistence_diagrams, summarize
+from geomonitor.topology import neural_persistence_network, prepare_diagrams, summarize
 from geomonitor.topology.ripser_process import RipserProcess
 
 __all__ = ["Measurement", "Context", "IntrinsicDimensionFamily", "SharpnessFamily",
@@ -47,7 +45,6 @@ class Measurement:
     diagrams: dict[str, list[np.ndarray]] = field(default_factory=dict)
     profiles: dict[str, tuple[list[str], list[float]]] = field(default_factory=dict)
     errors: list[BaseException] = field(default_factory=list)
-    offloaded: float = 0.0  # seconds a background job waited on a child process (not charged)
 
 
 class Context:
@@ -257,11 +254,16 @@ class TopologyFamily(_Family):
     High-Performance Computation of Persistent Homology of Vietoris–Rips Filtrations") on at
     most ``n_landmarks`` maxmin landmarks (seeded by ``seed + step``); summaries (total
     persistence, entropy, number of bars, ...) from :func:`geomonitor.topology.summarize`.
-    Activations are copied to CPU on the training thread; the background worker computes H0
-    and the landmarks, and giotto-ph (worst case O(n^3) in the number of simplices) runs in a
-    child process (:class:`~geomonitor.topology.ripser_process.RipserProcess`, launched at the
-    first measurement and stopped at the end of the fit): giotto-ph holds the GIL, so in a
-    thread it would stop the training loop while it computes.
+    The tensor work (exact H0, landmarks and their distance matrix,
+    :func:`~geomonitor.topology.prepare_diagrams`) runs on the training thread, on the
+    module's device, and is charged to the budget exactly; giotto-ph (worst case O(n^3) in
+    the number of simplices) runs in a child process
+    (:class:`~geomonitor.topology.ripser_process.RipserProcess`, launched at the first
+    measurement and stopped at the end of the fit), waited on by the background worker.
+    giotto-ph holds the GIL, and so does any Python-level loop: run in a thread either would
+    take the interpreter from the training loop (measured: a thread computing landmark
+    diagrams cost the training thread 0.7 s per second it ran, see
+    :mod:`geomonitor.topology.ripser_process`).
     """
 
     name = "topology"
@@ -281,21 +283,23 @@ class TopologyFamily(_Family):
 
     def run(self, ctx: Context) -> Callable[[], Measurement]:
         self._ripser.start()  # launched once, at the first measurement (its imports overlap training)
-        clouds = {k: v.detach().to("cpu", copy=True) for k, v in ctx.activations().items()}
-        seed = self.seed + ctx.step
-        maxdim, n_landmarks, log_diagrams = self.maxdim, self.n_landmarks, self.log_diagrams
-        ripser = self._ripser
+        prepared, errors = {}, []
+        for layer, X in ctx.activations().items():
+            try:
+                gen = torch.Generator(device=X.device).manual_seed(self.seed + ctx.step)
+                prepared[layer] = prepare_diagrams(X, maxdim=self.maxdim,
+                                                   n_landmarks=self.n_landmarks, generator=gen)
+            except Exception as exc:  # noqa: BLE001 - counted by the callback
+                errors.append(exc)
+        ripser, log_diagrams = self._ripser, self.log_diagrams
 
         def job() -> Measurement:
-            out = Measurement()
-            waited = ripser.waited
-            for layer, X in clouds.items():
+            out = Measurement(errors=errors)
+            for layer, prep in prepared.items():
                 if ripser.closed:  # the fit is over: the measurement was cancelled
                     break
                 try:
-                    gen = torch.Generator().manual_seed(seed)
-                    dgms = persistence_diagrams(X, maxdim=maxdim, n_landmarks=n_landmarks,
-                                                generator=gen, ripser=ripser)
+                    dgms = prep.complete(ripser)
                     summary = summarize(dgms)
                 except Exception as exc:  # noqa: BLE001 - counted by the callback
                     out.errors.append(exc)
@@ -304,7 +308,6 @@ class TopologyFamily(_Family):
                     out.metrics[metric_key("ph", layer, s)] = float(v)
                 if log_diagrams:
                     out.diagrams[metric_key("ph", layer, "diagram")] = _as_arrays(dgms)
-            out.offloaded = ripser.waited - waited
             return out
 
         return job
@@ -319,23 +322,19 @@ class NeuralPersistenceFamily(_Family):
     """Neural persistence of the weights (Rieck et al., 2019, "Neural Persistence: A
     Complexity Measure for Deep Neural Networks Using Algebraic Topology", ICLR).
 
-    The weights of every Linear layer are copied to CPU on the training thread; the
-    per-layer maximum-spanning-tree persistence (O(E log E) for E weights) runs off-thread.
+    Runs on the training thread: the per-layer maximum spanning tree (O(E log E) for E
+    weights) is a few milliseconds for an MLP, and Python-level work in a thread would hold
+    the GIL against the training loop anyway.
     """
 
     name = "neural_persistence"
     needs_probe = False
 
-    def run(self, ctx: Context) -> Callable[[], Measurement]:
-        weights = {n: m.weight.detach().to("cpu", copy=True)
-                   for n, m in ctx.pl_module.named_modules()
+    def run(self, ctx: Context) -> Measurement:
+        weights = {n: m.weight.detach() for n, m in ctx.pl_module.named_modules()
                    if isinstance(m, nn.Linear) and m.weight.dim() == 2}
-
-        def job() -> Measurement:
-            res = neural_persistence_network(weights)
-            out = Measurement(metrics={metric_key("neural_persistence"): float(res.mean)})
-            for layer, v in res.per_layer.items():
-                out.metrics[metric_key("neural_persistence", layer)] = float(v)
-            return out
-
-        return job
+        res = neural_persistence_network(weights)
+        out = Measurement(metrics={metric_key("neural_persistence"): float(res.mean)})
+        for layer, v in res.per_layer.items():
+            out.metrics[metric_key("neural_persistence", layer)] = float(v)
+        return out

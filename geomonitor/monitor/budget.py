@@ -14,12 +14,16 @@ training). A due measurement of family ``f`` runs only if
 
 so a family's first measurement waits until the credit covers the costliest measurement seen
 so far, and the monitor overshoots its fraction by at most the cost of the very first
-measurement of a fit. Background time is charged when its result comes back, as if it had
-run on the training thread (conservative when it actually overlapped training; work done in
-a child process, which runs at the lowest CPU priority, is not charged). A deferred
-measurement stays due and runs at the first step the budget allows, so the cadence
-stretches on fast training steps instead of slowing training down. :meth:`remaining` is the
-credit left, e.g. how long to wait for pending work at the end of a fit.
+measurement of a fit. A measurement with a background part is *pending* until that part is
+charged: meanwhile its family is not admitted again, nor is any family never measured (the
+pending cost may be the largest). The background part is charged as the CPU time of the
+thread that ran it (``time.thread_time``): on a small machine it competes with training for
+cores and the GIL, while time it spent blocked (on a child process, which runs at the lowest
+CPU priority, or on the GIL itself) is not charged. A deferred measurement stays due and runs
+at the first step the budget allows, so the cadence stretches on fast training steps instead
+of slowing training down. :meth:`remaining` is the credit left, e.g. how long to wait for
+pending work at the end of a fit. The monitor's own per-step bookkeeping is charged too
+(:meth:`charge_bookkeeping`), so ``spent`` is all the time it took on the training thread.
 
 Timing makes the decisions machine-dependent: use ``fraction=None`` (no budget) where the
 series must be reproducible step for step. The budget never touches the training itself.
@@ -60,6 +64,7 @@ class OverheadBudget:
         self._t0: float | None = None
         self.spent = 0.0
         self.cost: dict[str, float] = {}
+        self.pending: set[str] = set()
         self.deferred: dict[str, int] = {}
 
     def start(self) -> None:
@@ -67,17 +72,22 @@ class OverheadBudget:
         self._t0 = self._clock()
         self.spent = 0.0
         self.cost.clear()
+        self.pending.clear()
 
     def allows(self, name: str) -> bool:
         """Whether a measurement of ``name`` may run now; counts a deferral when not."""
         credit = self.remaining()
         if credit is None:
             return True
-        needed = self.cost[name] if name in self.cost else max(self.cost.values(), default=0.0)
-        if credit >= needed:
-            return True
-        self.deferred[name] = self.deferred.get(name, 0) + 1
-        return False
+        if name in self.pending:
+            ok = False
+        elif name in self.cost:
+            ok = credit >= self.cost[name]
+        else:  # never measured: wait for pending work, whose cost may be the largest
+            ok = not self.pending and credit >= max(self.cost.values(), default=0.0)
+        if not ok:
+            self.deferred[name] = self.deferred.get(name, 0) + 1
+        return ok
 
     def remaining(self) -> float | None:
         """The credit, ``fraction * (elapsed - spent) - spent`` (may be negative after a
@@ -86,12 +96,22 @@ class OverheadBudget:
             return None
         return self.fraction * (self._clock() - self._t0 - self.spent) - self.spent
 
-    def charge(self, name: str, seconds: float, *, background: bool = False) -> None:
-        """Record that a measurement of ``name`` took ``seconds``.
+    def charge_bookkeeping(self, seconds: float) -> None:
+        """Record monitor time that belongs to no measurement (per-step checks, logging)."""
+        self.spent += max(0.0, float(seconds))
 
-        The training-thread part of a measurement sets the family's cost; its background part
-        (``background=True``, charged when the result comes back) is added to it.
+    def charge(self, name: str, seconds: float, *, background: bool = False,
+               pending: bool = False) -> None:
+        """Record that (part of) a measurement of ``name`` took ``seconds``.
+
+        The training-thread part of a measurement sets the family's cost (``pending=True``
+        when a background part is still to come); the background part (``background=True``,
+        charged when its result comes back) is added to it and ends the pending state.
         """
         seconds = max(0.0, float(seconds))
         self.spent += seconds
         self.cost[name] = self.cost.get(name, 0.0) + seconds if background else seconds
+        if background:
+            self.pending.discard(name)
+        elif pending:
+            self.pending.add(name)

@@ -7,7 +7,7 @@
 * :func:`neural_persistence`, :func:`neural_persistence_network` — normalised neural
   persistence of weights (Rieck et al., ICLR 2019).
 """
-from geomonitor.topology.diagrams import Diagrams, persistence_diagrams
+from geomonitor.topology.diagrams import Diagrams, PreparedDiagrams, persistence_diagrams, prepare_diagrams
 from geomonitor.topology.landmarks import farthest_point_sampling
 from geomonitor.topology.mst import mst_edge_lengths, mst_edges
 from geomonitor.topology.neural_persistence import (
@@ -22,6 +22,7 @@ from geomonitor.topology.summaries import SUMMARY_NAMES, summarize
 __all__ = [
     "Diagrams",
     "NeuralPersistence",
+    "PreparedDiagrams",
     "RipserProcess",
     "SUMMARY_NAMES",
     "farthest_point_sampling",
@@ -31,5 +32,6 @@ __all__ = [
     "neural_persistence",
     "neural_persistence_network",
     "persistence_diagrams",
+    "prepare_diagrams",
     "summarize",
 ]

@@ -39,7 +39,7 @@ from geomonitor.distances import pairwise_distances
 from geomonitor.topology.landmarks import farthest_point_sampling
 from geomonitor.topology.mst import DENSE_MAX, gram, mst_edges
 
-__all__ = ["Diagrams", "persistence_diagrams"]
+__all__ = ["Diagrams", "PreparedDiagrams", "persistence_diagrams", "prepare_diagrams"]
 
 
 @dataclass(frozen=True)
@@ -126,15 +126,62 @@ def persistence_diagrams(
     Cost: H0 O(N^2 D) flops on ``X.device``; landmarks O(m N D); landmark distance matrix
     O(m^2 D); giotto-ph on m points (CPU).
     """
+    _check_solver(n_threads, ripser)
+    prepared = prepare_diagrams(X, maxdim, n_landmarks=n_landmarks, generator=generator,
+                                exact_h0=exact_h0, dense_max=dense_max)
+    return prepared.complete(ripser, n_threads=n_threads)
+
+
+@dataclass(frozen=True)
+class PreparedDiagrams:
+    """The tensor half of :func:`persistence_diagrams`, ready for a Vietoris–Rips solver.
+
+    :func:`prepare_diagrams` does the O(N^2 D) work in torch, where the data lives (exact H0,
+    landmarks, their distance matrix); :meth:`complete` runs giotto-ph (or ``ripser``) on
+    the small m x m matrix. Splitting them lets the tensor work run on the training thread
+    or GPU and giotto-ph in another process (see
+    :class:`~geomonitor.topology.ripser_process.RipserProcess`).
+
+    Attributes:
+        h0: exact H0 bars (float64 (n, 2)) when ``h0_exact``, else ``None``.
+        distances: float64 (m, m) distances of the landmarks, ``None`` when not needed
+            (``maxdim == 0`` with exact H0).
+        maxdim, n_points, n_dropped, n_landmarks, hausdorff_radius, h0_exact: as in
+            :class:`Diagrams`.
+    """
+
+    h0: np.ndarray | None
+    distances: np.ndarray | None
+    maxdim: int
+    n_points: int
+    n_dropped: int
+    n_landmarks: int
+    hausdorff_radius: float
+    h0_exact: bool
+
+    def complete(self, ripser: Callable[[np.ndarray, int], Sequence[np.ndarray]] | None = None,
+                 *, n_threads: int = 1) -> Diagrams:
+        """The :class:`Diagrams`: giotto-ph in this process (``n_threads`` threads), or
+        ``ripser(distances, maxdim)``, on the landmarks for the dimensions it needs."""
+        _check_solver(n_threads, ripser)
+        dgms = [] if self.h0 is None else [self.h0]
+        if self.distances is not None:
+            dgms.extend(_rips(self.distances, self.maxdim, n_threads, ripser, skip_h0=self.h0_exact))
+        return Diagrams(tuple(dgms), n_points=self.n_points, n_dropped=self.n_dropped,
+                        n_landmarks=self.n_landmarks, hausdorff_radius=self.hausdorff_radius,
+                        h0_exact=self.h0_exact)
+
+
+def prepare_diagrams(X: Any, maxdim: int = 1, *, n_landmarks: int | None = None,
+                     generator: torch.Generator | None = None, exact_h0: bool = True,
+                     dense_max: int = DENSE_MAX) -> PreparedDiagrams:
+    """Exact H0 and the landmark distance matrix of ``X``: arguments, errors and costs as in
+    :func:`persistence_diagrams` (all but giotto-ph's part)."""
     if isinstance(maxdim, bool) or not isinstance(maxdim, int) or not 0 <= maxdim <= 3:
         raise ValueError(f"maxdim must be an int in [0, 3], got {maxdim!r}")
     if n_landmarks is not None and (isinstance(n_landmarks, bool) or not isinstance(n_landmarks, int)
                                     or n_landmarks < 3):
         raise ValueError(f"n_landmarks must be an int >= 3 or None, got {n_landmarks!r}")
-    if isinstance(n_threads, bool) or not isinstance(n_threads, int) or not (n_threads >= 1 or n_threads == -1):
-        raise ValueError(f"n_threads must be an int >= 1 (or -1 for all cores), got {n_threads!r}")
-    if ripser is not None and not callable(ripser):
-        raise ValueError(f"ripser must be a callable or None, got {type(ripser).__name__}")
     pts = as_points(X, min_points=2)
     P, n = pts.X, pts.X.shape[0]
 
@@ -144,24 +191,29 @@ def persistence_diagrams(
     idx, eps = torch.arange(n, device=P.device), 0.0
     if need_landmarks and n_landmarks is not None:
         idx, eps = farthest_point_sampling(P, n_landmarks, generator=generator, gram_matrix=G)
-    dgms: list[np.ndarray] = []
+    h0 = None
     if exact_h0:
         deaths = mst_edges(P, dense_max=dense_max, gram_matrix=G)[1].double().cpu().numpy()
         del G
         deaths = np.sort(deaths[deaths > 0])
-        dgms.append(np.stack([np.zeros_like(deaths), deaths], axis=1))
-    if need_landmarks:
-        dgms.extend(_ripser_landmarks(P[idx], maxdim, n_threads, skip_h0=exact_h0, ripser=ripser))
-    return Diagrams(tuple(dgms), n_points=n, n_dropped=pts.n_dropped, n_landmarks=int(idx.numel()),
-                    hausdorff_radius=float(eps), h0_exact=bool(exact_h0))
+        h0 = np.stack([np.zeros_like(deaths), deaths], axis=1)
+    D = pairwise_distances(P[idx].double()).cpu().numpy() if need_landmarks else None
+    return PreparedDiagrams(h0, D, maxdim, n_points=n, n_dropped=pts.n_dropped,
+                            n_landmarks=int(idx.numel()), hausdorff_radius=float(eps),
+                            h0_exact=bool(exact_h0))
 
 
-def _ripser_landmarks(L: torch.Tensor, maxdim: int, n_threads: int, *, skip_h0: bool,
-                      ripser: Callable[[np.ndarray, int], Sequence[np.ndarray]] | None = None,
-                      ) -> list[np.ndarray]:
-    """giotto-ph (or ``ripser``) on the float64 distance matrix of the landmarks; finite,
-    positive bars."""
-    D = pairwise_distances(L.double()).cpu().numpy()
+def _check_solver(n_threads: Any, ripser: Any) -> None:
+    if isinstance(n_threads, bool) or not isinstance(n_threads, int) or not (n_threads >= 1 or n_threads == -1):
+        raise ValueError(f"n_threads must be an int >= 1 (or -1 for all cores), got {n_threads!r}")
+    if ripser is not None and not callable(ripser):
+        raise ValueError(f"ripser must be a callable or None, got {type(ripser).__name__}")
+
+
+def _rips(D: np.ndarray, maxdim: int, n_threads: int,
+          ripser: Callable[[np.ndarray, int], Sequence[np.ndarray]] | None, *,
+          skip_h0: bool) -> list[np.ndarray]:
+    """giotto-ph (or ``ripser``) on a float64 distance matrix; finite, positive bars."""
     if ripser is None:
         from gph import ripser_parallel
 

@@ -13,8 +13,6 @@ pipe, which releases the GIL, while the child computes on another core.
   ``if __name__ == "__main__"`` guard is safe). It runs at the lowest CPU priority
   (``nice 19``): on a machine whose cores the training keeps busy it takes only idle time,
   and on a spare core it runs at full speed.
-* ``waited`` adds up the seconds callers spent blocked on the child (GIL released), so a
-  caller can tell its own CPU time from the child's.
 * Protocol: one request at a time, a little-endian 8-byte length then a pickle, both ways:
   ``(D, maxdim)`` in, ``("ok", [dgm_0, ..., dgm_maxdim])`` or ``("error", message)`` out.
   The child's own stdout is moved to stderr, so a print in a library cannot corrupt it.
@@ -41,7 +39,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 import warnings
 from typing import IO
 
@@ -102,7 +99,6 @@ class RipserProcess:
         self._proc: subprocess.Popen | None = None
         self._in_process = False
         self._closed = False
-        self.waited = 0.0
 
     @property
     def closed(self) -> bool:
@@ -131,7 +127,6 @@ class RipserProcess:
             if proc is None:
                 return ripser_in_process(D, maxdim)
             blob = pickle.dumps((D, int(maxdim)), protocol=4)
-            t0 = time.perf_counter()
             try:
                 proc.stdin.write(_HEADER.pack(len(blob)) + blob)
                 proc.stdin.flush()
@@ -140,8 +135,6 @@ class RipserProcess:
             except (OSError, EOFError, ValueError) as exc:
                 self._stop(proc)
                 raise RuntimeError("the giotto-ph child process ended during a computation") from exc
-            finally:
-                self.waited += time.perf_counter() - t0
         if status != "ok":
             raise RuntimeError(f"giotto-ph failed in the child process: {payload}")
         return payload

@@ -85,9 +85,9 @@ def test_bad_max_overhead_is_rejected_at_construction():
 
 
 class _SlowRipser:
-    """Stands in for the giotto-ph child process: waits ``delay`` seconds per call (counted
-    in ``waited``, as the child's time is), then computes in this process; ``close`` ends a
-    waiting call at once, as killing the child does."""
+    """Stands in for the giotto-ph child process: blocks ``delay`` seconds per call (as the
+    worker does while the child computes; recorded in ``waited``), then computes in this
+    process; ``close`` ends a waiting call at once, as killing the child does."""
 
     def __init__(self, delay: float) -> None:
         self.delay, self.waited, self.calls = delay, 0.0, 0
@@ -138,7 +138,7 @@ def _topology_fit(max_overhead, delay, max_steps=20):
 
 def test_under_a_budget_a_family_waits_for_its_pending_background_job():
     mon, ripser, steps, messages, _ = _topology_fit(1.0, delay=0.02, max_steps=80)
-    # without the wait, 80 due measurements would overflow the 4-slot queue ("dropped")
+    # without the wait for the pending job, 80 due measurements would overflow the 4-slot queue ("dropped")
     assert not [m for m in messages if "dropped" in m]
     assert 2 <= len(steps) < 80 and steps == sorted(set(steps)) and ripser.calls == len(steps)
 
@@ -159,3 +159,18 @@ def test_at_the_end_of_fit_pending_work_is_cancelled_within_the_budget():
 def test_without_a_budget_pending_work_is_finished_and_logged():
     mon, ripser, steps, messages, _ = _topology_fit(None, delay=0.3, max_steps=2)
     assert steps == [1, 2] and not [m for m in messages if "cancelled" in m]
+
+
+def test_per_step_bookkeeping_is_charged_even_when_nothing_is_measured():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 4, generator=g)
+    data = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
+    never = 10 ** 6
+    mon = GeometryMonitor(layers=["fc1"], probe_size=32, id_every_n_steps=never,
+                          sharpness_every_n_steps=never, topology_every_n_epochs=never,
+                          np_every_n_epochs=never, prog_bar=None, max_overhead=0.05)
+    trainer = pl.Trainer(max_steps=30, logger=False, callbacks=[mon], accelerator="cpu",
+                         enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False)
+    trainer.fit(_Net(), torch.utils.data.DataLoader(data, batch_size=4))
+    assert mon.budget.cost == {} and 0.0 < mon.budget.spent < 0.5

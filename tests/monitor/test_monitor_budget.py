@@ -78,3 +78,32 @@ def test_none_admits_everything_and_start_resets():
 def test_bad_fraction_is_rejected(bad):
     with pytest.raises(ValueError, match=r"max_overhead must be a number in \(0, 1\] or None, got"):
         OverheadBudget(bad)
+
+
+def test_a_pending_background_part_holds_its_family_and_every_unknown_one():
+    clock = _Clock()
+    b = OverheadBudget(0.5, clock=clock)
+    b.start()
+    b.charge("topology", 0.01, pending=True)
+    clock.t += 10.0  # credit = 0.5 * 9.99 - 0.01 = 4.985: money is not the issue
+    assert b.pending == {"topology"}
+    assert not b.allows("topology") and not b.allows("id")
+    b.charge("sharpness", 0.1)
+    assert b.allows("sharpness")  # known cost, not pending
+    b.charge("topology", 0.5, background=True)
+    assert b.pending == set() and b.cost["topology"] == pytest.approx(0.51)
+    assert b.allows("topology") and b.allows("id")
+    b.charge("x", 0.0, pending=True)
+    b.start()
+    assert b.pending == set()
+
+
+def test_bookkeeping_time_is_spent_but_sets_no_family_cost():
+    clock = _Clock()
+    b = OverheadBudget(0.1, clock=clock)
+    b.start()
+    b.charge_bookkeeping(0.5)
+    b.charge_bookkeeping(-1.0)  # clamped
+    clock.t += 10.0
+    assert b.spent == 0.5 and b.cost == {}
+    assert b.remaining() == pytest.approx(0.1 * 9.5 - 0.5)

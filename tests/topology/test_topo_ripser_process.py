@@ -46,7 +46,7 @@ def test_child_returns_giotto_ph_diagrams_exactly(ripser, n, maxdim):
     assert len(ours) == maxdim + 1
     for a, b in zip(ours, ref):
         np.testing.assert_array_equal(a, np.asarray(b, dtype=np.float64))
-    assert ripser.waited > 0.0 and ripser.pid is not None
+    assert ripser.pid is not None
 
 
 def test_persistence_diagrams_through_the_child_equal_the_default(ripser):
