@@ -1,16 +1,21 @@
 """Overhead of the default ``GeometryMonitor`` on the quickstart training (digits MLP, SGD).
 
-Each run is a fresh subprocess (so peak RSS is per run): ``trainer.fit`` without a monitor,
-with ``GeometryMonitor()`` at its defaults (5% overhead budget), and with the same schedule and
-no budget, alternating, ``--repeats`` times each, for each torch intra-op thread count in
-``--threads``. Reports the median fit wall time, the median of the per-repeat ratios to the
-run without monitor just before it (neighbours in time share the machine's state, which
-varies by tens of percent between runs), the peak resident memory of the training process
-and of its largest child (the giotto-ph process), how many measurements of each family ran
-and their median cost (training-thread part in wall time; background part as the CPU time of
-the worker thread, which is what the budget charges: not the giotto-ph child's time).
+Three runs of ``trainer.fit``: without a monitor, with ``GeometryMonitor()`` at its defaults
+(5% overhead budget), and with the same schedule and no budget, for each torch intra-op
+thread count in ``--threads``.
 
-    python benchmarks/bench_monitor_overhead.py --repeats 7 --epochs 20 --threads 1 2
+* Wall time: in one process, after one warm-up fit of each run, ``--repeats`` rounds that
+  alternate the three. The machine's speed drifts by tens of percent between seconds, so the
+  overhead reported is the median (and quartiles) of the per-round ratios to the fit without
+  monitor of the same round.
+* Cold start and memory: ``--cold`` fresh processes per run (imports, lazy initialisations
+  and the giotto-ph child's start included), alternating; median fit wall time, peak RSS of
+  the training process and of its largest child (the giotto-ph process).
+* Per family: measurements per fit and median cost (training-thread part in wall time;
+  background part as the worker thread's CPU time, which is what the budget charges), and
+  ``budget.spent / fit time``.
+
+    python benchmarks/bench_monitor_overhead.py --epochs 20 --repeats 15 --cold 3 --threads 1 2
 """
 from __future__ import annotations
 
@@ -23,20 +28,16 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODES = {"off": "without monitor", "on": "GeometryMonitor() defaults (max_overhead=0.05)",
-         "fixed": "GeometryMonitor(max_overhead=None): every scheduled measurement"}
+MODES = {"off": "without monitor", "on": "`GeometryMonitor()` defaults (`max_overhead=0.05`)",
+         "fixed": "`GeometryMonitor(max_overhead=None)`: every scheduled measurement"}
 
 
-def _one_run(mode: str, epochs: int, threads: int) -> dict:
-    import warnings
-
+def _fit(mode: str, epochs: int, timings: dict | None = None) -> dict:
     import pytorch_lightning as pl
-    import torch
 
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(threads)
     sys.path.insert(0, os.path.join(HERE, "..", "recipes"))
     from _common import digits_loaders
     from quickstart import DigitsMLP
@@ -45,24 +46,45 @@ def _one_run(mode: str, epochs: int, threads: int) -> dict:
 
     pl.seed_everything(0, verbose=False)
     train, _ = digits_loaders()
-    callbacks, timings = [], {}
-    mon = None
+    mon, child = None, {}
     if mode != "off":
         mon = GeometryMonitor() if mode == "on" else GeometryMonitor(max_overhead=None)
         for fam in mon._families:
-            _time_family(fam, timings)
-        callbacks.append(mon)
+            if timings is not None:
+                _time_family(fam, timings)
+            if fam.name == "topology":
+                _record_child_peak(fam, child)
     trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False,
-                         callbacks=callbacks, enable_progress_bar=False,
+                         callbacks=[mon] if mon is not None else [], enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False)
     t0 = time.perf_counter()
     trainer.fit(DigitsMLP(), train)
     wall = time.perf_counter() - t0
-    rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    child_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    deferred = dict(mon.budget.deferred) if mon is not None else {}
-    return {"wall": wall, "rss": rss_mib, "child_rss": child_mib, "steps": trainer.global_step,
-            "timings": timings, "deferred": deferred}
+    return {"wall": wall, "steps": trainer.global_step, "child_rss": child.get("rss", 0.0),
+            "child_pss": child.get("pss", 0.0),
+            "spent": mon.budget.spent if mon is not None else 0.0}
+
+
+def _record_child_peak(fam, child: dict) -> None:
+    """Peak RSS (VmHWM) and proportional set size (Pss: shared library pages split between
+    the processes sharing them) of the giotto-ph child, Linux, read just before the fit closes it.
+    (``RUSAGE_CHILDREN`` would report the parent's size: it counts the pages shared before
+    the child's ``exec``.)"""
+    close = fam.close
+
+    def recorded():
+        pid = fam._ripser.pid
+        if pid is not None:
+            for key, path, field in (("rss", "status", "VmHWM:"), ("pss", "smaps_rollup", "Pss:")):
+                try:
+                    with open(f"/proc/{pid}/{path}") as f:
+                        line = next(x for x in f if x.startswith(field))
+                    child[key] = int(line.split()[1]) / 1024
+                except (OSError, StopIteration):
+                    pass
+        close()
+
+    fam.close = recorded
 
 
 def _time_family(fam, timings: dict) -> None:
@@ -87,60 +109,99 @@ def _time_family(fam, timings: dict) -> None:
     fam.run = timed
 
 
+def _cold(mode: str, epochs: int) -> dict:
+    out = _fit(mode, epochs)
+    out["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+def _quartiles(xs: list[float]) -> tuple[float, float, float]:
+    q = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+    return q[0], statistics.median(xs), q[2]
+
+
+def _warm(args: argparse.Namespace) -> tuple[dict, dict]:
+    walls: dict[str, list[dict]] = {m: [] for m in MODES}
+    timings: dict[str, dict] = {m: {} for m in MODES if m != "off"}
+    for mode in MODES:
+        _fit(mode, 1)
+    for _ in range(args.repeats):
+        for mode in MODES:
+            per_fit: dict = {}
+            walls[mode].append(_fit(mode, args.epochs, per_fit if mode != "off" else None))
+            for k, v in per_fit.items():
+                timings[mode].setdefault(k, []).append(v)
+    return walls, timings
+
+
+def _report(threads: int, args: argparse.Namespace, walls: dict, timings: dict, cold: dict) -> None:
+    print(f"\n## torch intra-op threads: {threads}\n")
+    print(f"quickstart MLP on digits, {args.epochs} epochs ({walls['on'][0]['steps']} steps); "
+          f"warm: {args.repeats} alternating rounds in one process; cold: {args.cold} fresh "
+          "processes per run\n")
+    print("| run | fit wall, warm (s) | wall overhead, warm: median [quartiles] | monitor's "
+          "own time / fit | fit wall, cold (s) | cold overhead | peak RSS (MiB) | giotto-ph "
+          "child peak RSS / PSS (MiB) |")
+    print("|---|---|---|---|---|---|---|---|")
+    cold_off = statistics.median(r["wall"] for r in cold["off"])
+    rss_off = statistics.median(r["rss"] for r in cold["off"])
+    for mode, label in MODES.items():
+        ratios = [100 * (a["wall"] / b["wall"] - 1) for a, b in zip(walls[mode], walls["off"])]
+        lo, mid, hi = _quartiles(ratios)
+        own = statistics.median(100 * r["spent"] / r["wall"] for r in walls[mode])
+        cw = statistics.median(r["wall"] for r in cold[mode])
+        rss = statistics.median(r["rss"] for r in cold[mode])
+        child = statistics.median(r["child_rss"] for r in cold[mode])
+        pss = statistics.median(r["child_pss"] for r in cold[mode])
+        print(f"| {label} | {statistics.median(r['wall'] for r in walls[mode]):.3f} | "
+              f"{mid:+.1f}% [{lo:+.1f}, {hi:+.1f}] | {own:.1f}% | {cw:.3f} | "
+              f"{100 * (cw / cold_off - 1):+.1f}% | {rss:.0f} ({100 * (rss / rss_off - 1):+.1f}%) "
+              f"| {child:.0f} / {pss:.0f} |")
+    for mode in ("on", "fixed"):
+        print(f"\n| family part, {MODES[mode]} | measurements per fit (median) | median ms each |")
+        print("|---|---|---|")
+        for k in sorted(timings[mode]):
+            counts = [len(v) for v in timings[mode][k]]
+            counts += [0] * (args.repeats - len(counts))
+            values = [x for v in timings[mode][k] for x in v]
+            print(f"| {k} | {statistics.median(counts):g} | {1000 * statistics.median(values):.1f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=15)
+    p.add_argument("--cold", type=int, default=3)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.worker:
-        print(json.dumps(_one_run(args.worker, args.epochs, args.threads[0])))
-        return
+    warnings.filterwarnings("ignore")
+    import logging
 
+    import pytorch_lightning  # noqa: F401 - configures its loggers on import
+    import torch
+
+    for name in ("pytorch_lightning", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    if args.worker:
+        torch.set_num_threads(args.threads[0])
+        print(json.dumps(_cold(args.worker, args.epochs)))
+        return
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, python {platform.python_version()}")
+          f"{os.cpu_count()} CPUs, python {platform.python_version()}, torch {torch.__version__}")
     env = dict(os.environ, WANDB_MODE="offline", PYTHONWARNINGS="ignore")
     for threads in args.threads:
-        runs: dict[str, list[dict]] = {mode: [] for mode in MODES}
-        for _ in range(args.repeats):
-            for mode in MODES:  # alternating
+        cold: dict[str, list[dict]] = {m: [] for m in MODES}
+        for _ in range(args.cold):
+            for mode in MODES:
                 out = subprocess.run([sys.executable, __file__, "--worker", mode, "--epochs",
                                       str(args.epochs), "--threads", str(threads)], env=env,
                                      capture_output=True, text=True, check=True)
-                runs[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
-        _report(runs, args, threads)
-
-
-def _report(runs: dict[str, list[dict]], args: argparse.Namespace, threads: int) -> None:
-    def med(mode, key):
-        return statistics.median(r[key] for r in runs[mode])
-
-    print(f"\n## torch intra-op threads: {threads}\n")
-    print(f"quickstart MLP on digits, {args.epochs} epochs ({runs['on'][0]['steps']} steps), "
-          f"{args.repeats} alternating runs each, medians\n")
-    print("| run | fit wall time (s) | wall overhead (median of paired ratios) | "
-          "peak RSS (MiB) | child peak RSS (MiB) | memory overhead |")
-    print("|---|---|---|---|---|---|")
-    for mode, label in MODES.items():
-        ratio = statistics.median(a["wall"] / b["wall"] - 1 for a, b in zip(runs[mode], runs["off"]))
-        rss = med(mode, "rss") / med("off", "rss") - 1
-        print(f"| {label} | {med(mode, 'wall'):.3f} | {100 * ratio:+.1f}% | "
-              f"{med(mode, 'rss'):.0f} | {med(mode, 'child_rss'):.0f} | {100 * rss:+.1f}% |")
-    walls = {m: ", ".join(f"{r['wall']:.2f}" for r in runs[m]) for m in MODES}
-    print(f"\nall fit wall times (s): {walls}")
-    deferred = {k: statistics.median(r["deferred"].get(k, 0) for r in runs["on"])
-                for r0 in runs["on"] for k in r0["deferred"]}
-    print(f"deferred by the 5% budget (median per run): {deferred}\n")
-    for mode in ("on", "fixed"):
-        print(f"| family part ({MODES[mode]}) | measurements per run (median) | median ms per measurement |")
-        print("|---|---|---|")
-        names = sorted({k for r in runs[mode] for k in r["timings"]})
-        for k in names:
-            counts = [len(r["timings"].get(k, [])) for r in runs[mode]]
-            values = [v for r in runs[mode] for v in r["timings"].get(k, [])]
-            print(f"| {k} | {statistics.median(counts):g} | {1000 * statistics.median(values):.1f} |")
-        print()
+                cold[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+        torch.set_num_threads(threads)
+        walls, timings = _warm(args)
+        _report(threads, args, walls, timings, cold)
 
 
 if __name__ == "__main__":
