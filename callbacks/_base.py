@@ -26,6 +26,7 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import random
 import time
 import warnings
@@ -93,7 +94,8 @@ class GeometryCallbackBase(pl.Callback):
         self.errors: dict[str, int] = {}
         self._warned: set[str] = set()
         self._last: dict[str, int] = {}
-        self._deferred: set[str] = set()
+        self._deferred: dict[str, int] = {}  # family -> when it was first deferred (order)
+        self._order = itertools.count()
         self._shown: dict[str, float] = {}
         self._latest: dict[str, float] = {}
         self._probe: ProbeSet | None = None
@@ -213,7 +215,7 @@ class GeometryCallbackBase(pl.Callback):
         due = [f for f in self._families if f.enabled and self._last.get(f.name) != step
                and (f.name in self._deferred or (f.schedule.due_epoch(trainer.current_epoch)
                                                  if by_epoch else f.schedule.due_step(step)))]
-        due = [f for f in due if self._admitted(f)]
+        due = self._admit(due)
         if due:
             t1 = time.perf_counter()
             self._measure(trainer, pl_module, due, step)  # charges each measurement itself
@@ -234,8 +236,13 @@ class GeometryCallbackBase(pl.Callback):
 
         ctx = Context(trainer, pl_module, step, batch, capture)
         with preserved_rng(pl_module.device):
+            blocked = False
             for i, fam in enumerate(due):
-                if i and not self._admitted(fam):  # the measurements before it were charged
+                # the measurements before it were charged: ask again, and if refused, the
+                # ones after it wait too
+                if blocked or (i and not self.budget.allows(fam.name)):
+                    blocked = True
+                    self._deferred.setdefault(fam.name, next(self._order))
                     continue
                 self._last[fam.name] = step
                 t0 = time.perf_counter()
@@ -263,7 +270,8 @@ class GeometryCallbackBase(pl.Callback):
                 self._fail("worker", error, step)
                 continue
             name, measurement, exc, seconds = result
-            self.budget.charge(name, seconds, background=True)
+            child = measurement.child_cpu if measurement is not None else 0.0
+            self.budget.charge(name, seconds + child, background=True)
             if exc is not None:
                 self._fail(name, exc, step)
             else:
@@ -306,16 +314,21 @@ class GeometryCallbackBase(pl.Callback):
                 pl_module.log(name, value, prog_bar=True, logger=False, on_step=True,
                               on_epoch=False, batch_size=1)
 
-    def _admitted(self, fam: _Family) -> bool:
-        """Whether the budget lets ``fam`` run now; a refused family stays due (deferred).
-
-        Without a budget every scheduled measurement runs (background jobs are queued).
-        """
-        if self.budget.allows(fam.name):
-            self._deferred.discard(fam.name)
-            return True
-        self._deferred.add(fam.name)
-        return False
+    def _admit(self, due: list[_Family]) -> list[_Family]:
+        """The due families the budget lets run now, longest-deferred first; the others stay
+        due (deferred). Once one is refused for lack of credit, the ones after it wait too,
+        so that cheap frequent families cannot starve an expensive one. Without a budget
+        every scheduled measurement runs (background jobs are queued)."""
+        due = sorted(due, key=lambda f: self._deferred.get(f.name, float("inf")))
+        admitted, blocked = [], False
+        for fam in due:
+            if not blocked and self.budget.allows(fam.name):
+                admitted.append(fam)
+                self._deferred.pop(fam.name, None)
+            else:
+                blocked = blocked or fam.name not in self.budget.pending
+                self._deferred.setdefault(fam.name, next(self._order))
+        return admitted
 
     def _close_families(self) -> None:
         for fam in self._families:

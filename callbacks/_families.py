@@ -45,6 +45,7 @@ class Measurement:
     diagrams: dict[str, list[np.ndarray]] = field(default_factory=dict)
     profiles: dict[str, tuple[list[str], list[float]]] = field(default_factory=dict)
     errors: list[BaseException] = field(default_factory=list)
+    child_cpu: float = 0.0  # CPU seconds a child process spent on this measurement
 
 
 class Context:
@@ -294,7 +295,7 @@ class TopologyFamily(_Family):
         ripser, log_diagrams = self._ripser, self.log_diagrams
 
         def job() -> Measurement:
-            out = Measurement(errors=errors)
+            out, cpu = Measurement(errors=errors), ripser.cpu_time
             for layer, prep in prepared.items():
                 if ripser.closed:  # the fit is over: the measurement was cancelled
                     break
@@ -308,6 +309,7 @@ class TopologyFamily(_Family):
                     out.metrics[metric_key("ph", layer, s)] = float(v)
                 if log_diagrams:
                     out.diagrams[metric_key("ph", layer, "diagram")] = _as_arrays(dgms)
+            out.child_cpu = ripser.cpu_time - cpu
             return out
 
         return job

@@ -19,7 +19,7 @@ the ID profile across layers. ``geometry/errors`` counts failed measurements.
 
 Costs per measurement (probe size N=256, selected layers L): one no-grad forward for
 activations, O(L N^2 D) for TwoNN, ≤ ``sharpness_max_hvp`` Hessian-vector products for
-sharpness, giotto-ph on ≤ ``topology_landmarks`` points per layer in a background thread.
+sharpness, giotto-ph on ≤ ``topology_landmarks`` points per layer in a child process.
 See ``benchmarks/bench_monitor_overhead.py`` for the measured overhead.
 """
 from __future__ import annotations
@@ -72,10 +72,13 @@ class GeometryMonitor(GeometryCallbackBase):
         max_pending: background jobs allowed in flight before new ones are dropped.
         max_overhead: overhead budget, a fraction of training wall time in (0, 1]: a due
             measurement is deferred (to the first later step the budget allows) while the
-            monitor's measured cost would exceed this fraction of training time (see
+            monitor's time (measurements, per-step bookkeeping and the background thread's
+            CPU time) would exceed this fraction of training time, and pending background
+            work is waited for at the end of fit only within what is left (see
             :class:`geomonitor.monitor.OverheadBudget`). ``None`` measures exactly on
-            schedule (reproducible series, e.g. for tests and for DDP, where timing differs
-            per rank). Deferrals per family are counted in ``monitor.budget.deferred``.
+            schedule and finishes all pending work (reproducible series, e.g. for tests and
+            for DDP, where timing differs per rank). Deferrals per family are counted in
+            ``monitor.budget.deferred``.
 
     Example:
         >>> trainer = pl.Trainer(callbacks=[GeometryMonitor(layers=["fc1", "fc2"])])  # doctest: +SKIP

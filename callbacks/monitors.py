@@ -88,8 +88,9 @@ class SharpnessMonitor(GeometryCallbackBase):
 class TopologyMonitor(GeometryCallbackBase):
     """Persistence summaries of layer activations: ``geometry/ph/<layer>/<summary>``.
 
-    Vietoris–Rips H0/H1 by giotto-ph on ≤ ``n_landmarks`` maxmin landmarks, computed in a
-    background thread and logged against the step it measured; under W&B also the diagrams.
+    Vietoris–Rips H0/H1 on ≤ ``n_landmarks`` maxmin landmarks (giotto-ph in a child
+    process, waited on by a background thread), logged against the step it measured; under
+    W&B also the diagrams.
 
     Example:
         >>> TopologyMonitor(layers=["fc2"], every_n_epochs=1, n_landmarks=100)  # doctest: +SKIP

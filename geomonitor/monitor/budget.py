@@ -13,13 +13,14 @@ training). A due measurement of family ``f`` runs only if
     credit >= max(cost.values(), 0)       (``f`` never measured: its cost is unknown)
 
 so a family's first measurement waits until the credit covers the costliest measurement seen
-so far, and the monitor overshoots its fraction by at most the cost of the very first
-measurement of a fit. A measurement with a background part is *pending* until that part is
-charged: meanwhile its family is not admitted again, nor is any family never measured (the
-pending cost may be the largest). The background part is charged as the CPU time of the
-thread that ran it (``time.thread_time``): on a small machine it competes with training for
-cores and the GIL, while time it spent blocked (on a child process, which runs at the lowest
-CPU priority, or on the GIL itself) is not charged. A deferred measurement stays due and runs
+so far, and the monitor overshoots its fraction by at most the first measurement of each
+family (their costs are unknown until they have run) and background parts still pending. A measurement with a background part is *pending* until that part is
+charged: meanwhile its family is not admitted again. The background part is charged as CPU time: that of the
+thread that ran it (``time.thread_time``, so time it spent blocked is not counted) plus that
+of any child process working for it. Both are charged as if taken from training, which is
+what happens on a machine without a spare core (measured on a 2-core VM: a child process at
+the lowest priority still slowed a one-thread training loop), and conservative where there
+is one. A deferred measurement stays due and runs
 at the first step the budget allows, so the cadence stretches on fast training steps instead
 of slowing training down. :meth:`remaining` is the credit left, e.g. how long to wait for
 pending work at the end of a fit. The monitor's own per-step bookkeeping is charged too
@@ -83,8 +84,8 @@ class OverheadBudget:
             ok = False
         elif name in self.cost:
             ok = credit >= self.cost[name]
-        else:  # never measured: wait for pending work, whose cost may be the largest
-            ok = not self.pending and credit >= max(self.cost.values(), default=0.0)
+        else:  # never measured: its cost is unknown
+            ok = credit >= max(self.cost.values(), default=0.0)
         if not ok:
             self.deferred[name] = self.deferred.get(name, 0) + 1
         return ok

@@ -1,8 +1,11 @@
-"""A background worker: CPU-heavy measurements off the training thread, results back on it.
+"""A background worker: jobs off the training thread, results back on it.
 
-Persistence diagrams and neural persistence take tens to hundreds of milliseconds; running
-them on one daemon thread lets the training loop continue (PyTorch and giotto-ph release the
-GIL in their kernels). The design is the bounded producer/consumer queue:
+A job that waits (on a child process computing persistence, on I/O) lets the training loop
+continue while it waits, because waiting releases the GIL. A job that computes in Python, or
+in an extension that keeps the GIL (giotto-ph does), takes the interpreter from the training
+loop for as long as it runs: such work belongs in a child process
+(:class:`~geomonitor.topology.ripser_process.RipserProcess`) or on the training thread, where
+its cost is plain. The design is the bounded producer/consumer queue:
 
 * :meth:`BackgroundWorker.submit` enqueues ``fn`` tagged with its step and returns ``True``,
   or returns ``False`` and counts a drop (``dropped``) when ``max_pending`` jobs are already

@@ -14,7 +14,10 @@ pipe, which releases the GIL, while the child computes on another core.
   (``nice 19``): on a machine whose cores the training keeps busy it takes only idle time,
   and on a spare core it runs at full speed.
 * Protocol: one request at a time, a little-endian 8-byte length then a pickle, both ways:
-  ``(D, maxdim)`` in, ``("ok", [dgm_0, ..., dgm_maxdim])`` or ``("error", message)`` out.
+  ``(D, maxdim)`` in, ``("ok", [dgm_0, ..., dgm_maxdim], cpu)`` or ``("error", message,
+  cpu)`` out, ``cpu`` being the child's CPU seconds since its previous answer (the first one
+  includes its start-up). :attr:`RipserProcess.cpu_time` adds them up: on a machine without
+  a spare core that time is taken from training, so the monitor charges it to its budget.
   The child's own stdout is moved to stderr, so a print in a library cannot corrupt it.
 * :meth:`RipserProcess.start` launches the child without waiting for it; the first call
   starts it if needed. :meth:`RipserProcess.close` (idempotent, callable from any thread)
@@ -54,9 +57,11 @@ out = os.fdopen(os.dup(1), "wb")
 os.dup2(2, 1)
 if hasattr(os, "nice"):
     os.nice(19)
+import time
 import numpy as np
 from gph import ripser_parallel
 inp, head = sys.stdin.buffer, struct.Struct("<Q")
+reported = 0.0
 while True:
     h = inp.read(8)
     if len(h) < 8:
@@ -67,6 +72,8 @@ while True:
         res = ("ok", [np.asarray(d, dtype=np.float64).reshape(-1, 2) for d in dgms])
     except Exception as exc:
         res = ("error", "%s: %s" % (type(exc).__name__, exc))
+    cpu = time.process_time()
+    res, reported = res + (cpu - reported,), cpu
     blob = pickle.dumps(res, protocol=4)
     out.write(head.pack(len(blob)) + blob)
     out.flush()
@@ -99,6 +106,7 @@ class RipserProcess:
         self._proc: subprocess.Popen | None = None
         self._in_process = False
         self._closed = False
+        self.cpu_time = 0.0
 
     @property
     def closed(self) -> bool:
@@ -131,7 +139,8 @@ class RipserProcess:
                 proc.stdin.write(_HEADER.pack(len(blob)) + blob)
                 proc.stdin.flush()
                 (n,) = _HEADER.unpack(_read(proc.stdout, _HEADER.size))
-                status, payload = pickle.loads(_read(proc.stdout, n))
+                status, payload, cpu = pickle.loads(_read(proc.stdout, n))
+                self.cpu_time += cpu
             except (OSError, EOFError, ValueError) as exc:
                 self._stop(proc)
                 raise RuntimeError("the giotto-ph child process ended during a computation") from exc

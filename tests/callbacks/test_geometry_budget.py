@@ -89,8 +89,9 @@ class _SlowRipser:
     worker does while the child computes; recorded in ``waited``), then computes in this
     process; ``close`` ends a waiting call at once, as killing the child does."""
 
-    def __init__(self, delay: float) -> None:
+    def __init__(self, delay: float, cpu: float = 0.0) -> None:
         self.delay, self.waited, self.calls = delay, 0.0, 0
+        self.cpu, self.cpu_time = cpu, 0.0  # CPU seconds the "child" reports per call
         self._stop = threading.Event()
 
     @property
@@ -110,10 +111,11 @@ class _SlowRipser:
         if stopped:
             raise RuntimeError("closed")
         self.calls += 1
+        self.cpu_time += self.cpu
         return ripser_in_process(D, maxdim)
 
 
-def _topology_fit(max_overhead, delay, max_steps=20):
+def _topology_fit(max_overhead, delay, max_steps=20, cpu=0.0):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 4, generator=g)
     data = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
@@ -122,7 +124,7 @@ def _topology_fit(max_overhead, delay, max_steps=20):
                           sharpness_every_n_steps=None, np_every_n_epochs=None, prog_bar=None,
                           log_diagrams=False, max_overhead=max_overhead)
     fam = next(f for f in mon._families if f.name == "topology")
-    fam._ripser = _SlowRipser(delay)
+    fam._ripser = _SlowRipser(delay, cpu)
     rec = _Recorder()
     trainer = pl.Trainer(max_steps=max_steps, logger=rec, callbacks=[mon], accelerator="cpu",
                          enable_progress_bar=False, enable_model_summary=False,
@@ -143,10 +145,40 @@ def test_under_a_budget_a_family_waits_for_its_pending_background_job():
     assert 2 <= len(steps) < 80 and steps == sorted(set(steps)) and ripser.calls == len(steps)
 
 
-def test_time_waiting_on_the_child_is_not_charged():
+def test_waiting_on_the_child_is_not_charged_but_its_cpu_time_is():
     mon, ripser, steps, _, _ = _topology_fit(None, delay=0.2, max_steps=3)
     assert steps == [1, 2, 3] and ripser.waited >= 0.6
     assert mon.budget.spent < 0.2  # the three 0.2 s waits are not in it
+    mon, ripser, steps, _, _ = _topology_fit(None, delay=0.0, max_steps=3, cpu=0.25)
+    assert steps == [1, 2, 3] and mon.budget.spent >= 0.75 and mon.budget.cost["topology"] >= 0.25
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 0.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_admission_is_longest_deferred_first_and_cheap_families_do_not_overtake():
+    from geomonitor.monitor.budget import OverheadBudget
+
+    mon = GeometryMonitor(layers=["fc1"], prog_bar=None)
+    fams = {f.name: f for f in mon._families}
+    sharp, ident = fams["sharpness"], fams["id"]
+    clock = _Clock()
+    mon.budget = OverheadBudget(0.1, clock=clock)
+    mon.budget.start()
+    mon.budget.charge("sharpness", 1.0)
+    mon.budget.charge("id", 0.1)
+    clock.t = 10.5  # credit = 0.1 * (10.5 - 1.1) - 1.1 = -0.16
+    assert mon._admit([sharp]) == []
+    clock.t = 13.5  # credit = 0.14: enough for id (0.1), not for sharpness (1.0)
+    assert mon._admit([ident, sharp]) == []  # sharpness waited longer: id queues behind it
+    assert list(mon._deferred) == ["sharpness", "id"]
+    clock.t = 23.5  # credit = 1.14
+    assert mon._admit([ident, sharp]) == [sharp, ident] and mon._deferred == {}
 
 
 def test_at_the_end_of_fit_pending_work_is_cancelled_within_the_budget():

@@ -7,7 +7,7 @@ import pytest
 import torch
 from gph import ripser_parallel
 
-from geomonitor.topology import Diagrams, persistence_diagrams
+from geomonitor.topology import Diagrams, persistence_diagrams, prepare_diagrams
 
 
 def _gen(seed=0):
@@ -151,3 +151,19 @@ def test_too_few_points_raise():
         persistence_diagrams(torch.tensor([[0.0, 1.0], [math.nan, 0.0]]))
     with pytest.raises(ValueError, match=r"X must have shape \(N, D\)"):
         persistence_diagrams(torch.zeros(5))
+
+
+def test_prepared_halves_compose_to_giotto_ph_on_the_landmarks():
+    X = _circle(400, seed=3)
+    prep = prepare_diagrams(X, 1, n_landmarks=60, generator=_gen(1))
+    assert prep.distances.shape == (60, 60) and prep.h0.shape == (399, 2)
+    # the distance matrix is the landmarks' own: giotto-ph on it gives the H1 bars
+    ref = ripser_parallel(prep.distances, metric="precomputed", maxdim=1)["dgms"][1]
+    done = prep.complete()
+    np.testing.assert_allclose(np.sort(done[1], axis=0), np.sort(ref[ref[:, 1] > ref[:, 0]], axis=0))
+    one_shot = persistence_diagrams(X, 1, n_landmarks=60, generator=_gen(1))
+    for a, b in zip(done, one_shot):
+        np.testing.assert_array_equal(a, b)
+    assert prepare_diagrams(X, 0).distances is None  # exact H0 needs no landmarks
+    with pytest.raises(ValueError, match=r"n_threads must be an int >= 1 \(or -1 for all cores\), got 0"):
+        prep.complete(n_threads=0)

@@ -47,6 +47,7 @@ def test_child_returns_giotto_ph_diagrams_exactly(ripser, n, maxdim):
     for a, b in zip(ours, ref):
         np.testing.assert_array_equal(a, np.asarray(b, dtype=np.float64))
     assert ripser.pid is not None
+    assert ripser.cpu_time > 0.0  # the child's start-up and work, as it reported them
 
 
 def test_persistence_diagrams_through_the_child_equal_the_default(ripser):
