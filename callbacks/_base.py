@@ -245,6 +245,7 @@ class GeometryCallbackBase(pl.Callback):
                     self._deferred.setdefault(fam.name, next(self._order))
                     continue
                 self._last[fam.name] = step
+                ctx.credit = self.budget.remaining()
                 t0 = time.perf_counter()
                 try:
                     result = fam.run(ctx)
@@ -272,6 +273,8 @@ class GeometryCallbackBase(pl.Callback):
             name, measurement, exc, seconds = result
             child = measurement.child_cpu if measurement is not None else 0.0
             self.budget.charge(name, seconds + child, background=True)
+            if measurement is not None:  # a one-off cost, not the family's
+                self.budget.charge_bookkeeping(measurement.child_startup)
             if exc is not None:
                 self._fail(name, exc, step)
             else:

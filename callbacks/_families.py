@@ -46,6 +46,7 @@ class Measurement:
     profiles: dict[str, tuple[list[str], list[float]]] = field(default_factory=dict)
     errors: list[BaseException] = field(default_factory=list)
     child_cpu: float = 0.0  # CPU seconds a child process spent on this measurement
+    child_startup: float = 0.0  # CPU seconds of a child's start-up reported with it
 
 
 class Context:
@@ -53,10 +54,13 @@ class Context:
 
     ``activations()`` runs the single extra no-grad, eval-mode forward on the probe batch the
     first time a family asks for it, so ID and topology due at the same step share it.
+    ``credit`` is what the overhead budget has left, in seconds (``None``: no budget).
     """
 
     def __init__(self, trainer: Any, pl_module: nn.Module, step: int, probe_batch: Any,
-                 capture: Callable[[], dict[str, torch.Tensor]]) -> None:
+                 capture: Callable[[], dict[str, torch.Tensor]],
+                 credit: float | None = None) -> None:
+        self.credit = credit
         self.trainer = trainer
         self.pl_module = pl_module
         self.step = step
@@ -259,8 +263,10 @@ class TopologyFamily(_Family):
     :func:`~geomonitor.topology.prepare_diagrams`) runs on the training thread, on the
     module's device, and is charged to the budget exactly; giotto-ph (worst case O(n^3) in
     the number of simplices) runs in a child process
-    (:class:`~geomonitor.topology.ripser_process.RipserProcess`, launched at the first
-    measurement and stopped at the end of the fit), waited on by the background worker.
+    (:class:`~geomonitor.topology.ripser_process.RipserProcess`, stopped at the end of the
+    fit), waited on by the background worker. The child is launched at the first
+    measurement whose budget credit covers its start-up (about 1 s of CPU; at once without a
+    budget); until then giotto-ph runs on the training thread, charged like the rest.
     giotto-ph holds the GIL, and so does any Python-level loop: run in a thread either would
     take the interpreter from the training loop (measured: a thread computing landmark
     diagrams cost the training thread 0.7 s per second it ran, see
@@ -282,8 +288,7 @@ class TopologyFamily(_Family):
     def close(self) -> None:
         self._ripser.close()
 
-    def run(self, ctx: Context) -> Callable[[], Measurement]:
-        self._ripser.start()  # launched once, at the first measurement (its imports overlap training)
+    def run(self, ctx: Context) -> Measurement | Callable[[], Measurement]:
         prepared, errors = {}, []
         for layer, X in ctx.activations().items():
             try:
@@ -292,27 +297,36 @@ class TopologyFamily(_Family):
                                                    n_landmarks=self.n_landmarks, generator=gen)
             except Exception as exc:  # noqa: BLE001 - counted by the callback
                 errors.append(exc)
-        ripser, log_diagrams = self._ripser, self.log_diagrams
+        ripser = self._ripser
+        if not (ripser.running or ctx.credit is None or ctx.credit >= ripser.startup_estimate):
+            # the budget cannot pay for the child's start-up yet: giotto-ph here, charged
+            return _completed(prepared, errors, None, self.log_diagrams)
+        ripser.start()
+        log_diagrams = self.log_diagrams
+        return lambda: _completed(prepared, errors, ripser, log_diagrams)
 
-        def job() -> Measurement:
-            out, cpu = Measurement(errors=errors), ripser.cpu_time
-            for layer, prep in prepared.items():
-                if ripser.closed:  # the fit is over: the measurement was cancelled
-                    break
-                try:
-                    dgms = prep.complete(ripser)
-                    summary = summarize(dgms)
-                except Exception as exc:  # noqa: BLE001 - counted by the callback
-                    out.errors.append(exc)
-                    continue
-                for s, v in summary.items():
-                    out.metrics[metric_key("ph", layer, s)] = float(v)
-                if log_diagrams:
-                    out.diagrams[metric_key("ph", layer, "diagram")] = _as_arrays(dgms)
-            out.child_cpu = ripser.cpu_time - cpu
-            return out
 
-        return job
+def _completed(prepared: dict[str, Any], errors: list[BaseException], ripser: Any,
+               log_diagrams: bool) -> Measurement:
+    """Finish prepared diagrams with ``ripser`` (a RipserProcess, or None: giotto-ph here)."""
+    out = Measurement(errors=errors)
+    cpu, startup = (ripser.cpu_time, ripser.startup_cpu) if ripser is not None else (0.0, 0.0)
+    for layer, prep in prepared.items():
+        if ripser is not None and ripser.closed:  # the fit is over: measurement cancelled
+            break
+        try:
+            dgms = prep.complete(ripser)
+            summary = summarize(dgms)
+        except Exception as exc:  # noqa: BLE001 - counted by the callback
+            out.errors.append(exc)
+            continue
+        for s, v in summary.items():
+            out.metrics[metric_key("ph", layer, s)] = float(v)
+        if log_diagrams:
+            out.diagrams[metric_key("ph", layer, "diagram")] = _as_arrays(dgms)
+    if ripser is not None:
+        out.child_cpu, out.child_startup = ripser.cpu_time - cpu, ripser.startup_cpu - startup
+    return out
 
 
 def _as_arrays(dgms: Any) -> list[np.ndarray]:

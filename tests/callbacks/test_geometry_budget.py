@@ -89,9 +89,11 @@ class _SlowRipser:
     worker does while the child computes; recorded in ``waited``), then computes in this
     process; ``close`` ends a waiting call at once, as killing the child does."""
 
-    def __init__(self, delay: float, cpu: float = 0.0) -> None:
+    def __init__(self, delay: float, cpu: float = 0.0, startup: float = 0.0) -> None:
         self.delay, self.waited, self.calls = delay, 0.0, 0
         self.cpu, self.cpu_time = cpu, 0.0  # CPU seconds the "child" reports per call
+        self.startup_estimate, self.startup_cpu, self.running = 0.0, 0.0, False
+        self.startup = startup  # reported with the first answer, as the child does
         self._stop = threading.Event()
 
     @property
@@ -100,6 +102,7 @@ class _SlowRipser:
 
     def start(self) -> None:
         self._stop.clear()
+        self.running = True
 
     def close(self) -> None:
         self._stop.set()
@@ -112,10 +115,11 @@ class _SlowRipser:
             raise RuntimeError("closed")
         self.calls += 1
         self.cpu_time += self.cpu
+        self.startup_cpu, self.startup = self.startup_cpu + self.startup, 0.0
         return ripser_in_process(D, maxdim)
 
 
-def _topology_fit(max_overhead, delay, max_steps=20, cpu=0.0):
+def _topology_fit(max_overhead, delay, max_steps=20, cpu=0.0, startup=0.0):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 4, generator=g)
     data = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
@@ -124,7 +128,8 @@ def _topology_fit(max_overhead, delay, max_steps=20, cpu=0.0):
                           sharpness_every_n_steps=None, np_every_n_epochs=None, prog_bar=None,
                           log_diagrams=False, max_overhead=max_overhead)
     fam = next(f for f in mon._families if f.name == "topology")
-    fam._ripser = _SlowRipser(delay, cpu)
+    if delay is not None:  # else the real child process
+        fam._ripser = _SlowRipser(delay, cpu, startup)
     rec = _Recorder()
     trainer = pl.Trainer(max_steps=max_steps, logger=rec, callbacks=[mon], accelerator="cpu",
                          enable_progress_bar=False, enable_model_summary=False,
@@ -206,3 +211,16 @@ def test_per_step_bookkeeping_is_charged_even_when_nothing_is_measured():
                          enable_checkpointing=False)
     trainer.fit(_Net(), torch.utils.data.DataLoader(data, batch_size=4))
     assert mon.budget.cost == {} and 0.0 < mon.budget.spent < 0.5
+
+
+def test_the_childs_start_up_is_charged_once_and_not_as_the_familys_cost():
+    mon, ripser, steps, _, _ = _topology_fit(None, delay=0.0, max_steps=3, startup=0.5)
+    assert steps == [1, 2, 3] and ripser.startup_cpu == 0.5
+    assert mon.budget.spent >= 0.5 and mon.budget.cost["topology"] < 0.5
+
+
+def test_a_budget_that_cannot_pay_the_childs_start_up_computes_here_without_a_child():
+    mon, _, steps, _, _ = _topology_fit(0.05, delay=None, max_steps=10)
+    fam = next(f for f in mon._families if f.name == "topology")
+    assert steps and steps[0] == 1  # measured and logged at once, on the training thread
+    assert fam._ripser.launches == 0 and fam._ripser.cpu_time == 0.0

@@ -47,7 +47,8 @@ def test_child_returns_giotto_ph_diagrams_exactly(ripser, n, maxdim):
     for a, b in zip(ours, ref):
         np.testing.assert_array_equal(a, np.asarray(b, dtype=np.float64))
     assert ripser.pid is not None
-    assert ripser.cpu_time > 0.0  # the child's start-up and work, as it reported them
+    assert ripser.cpu_time > 0.0 and ripser.startup_cpu > 0.0  # as the child reported them
+    assert ripser.launches == 1 and RipserProcess.startup_estimate == ripser.startup_cpu
 
 
 def test_persistence_diagrams_through_the_child_equal_the_default(ripser):
@@ -101,7 +102,7 @@ def test_a_child_that_died_is_restarted(ripser):
     while ripser.pid is not None and time.time() < deadline:
         time.sleep(0.01)
     again = ripser(D, 1)
-    assert ripser.pid not in (None, pid)
+    assert ripser.pid not in (None, pid) and ripser.launches == 2
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
 
