@@ -269,7 +269,7 @@ class TopologyFamily(_Family):
     budget); until then giotto-ph runs on the training thread, charged like the rest.
     giotto-ph holds the GIL, and so does any Python-level loop: run in a thread either would
     take the interpreter from the training loop (measured: a thread computing landmark
-    diagrams cost the training thread 0.7 s per second it ran, see
+    diagrams cost the training thread 0.66 s per second it ran, ``benchmarks/bench_gil.py``;
     :mod:`geomonitor.topology.ripser_process`).
     """
 

@@ -3,7 +3,7 @@
 giotto-ph's ``ripser_parallel`` keeps the GIL for its whole run. Called from a Python thread
 it therefore stops every other Python thread, the training loop included, for as long as it
 computes (measured on 2 cores: a training loop beside a thread computing landmark diagrams
-lost 0.7 s per second that thread computed; see ``benchmarks/bench_monitor_overhead.py``).
+lost 0.66 s per second that thread computed; ``benchmarks/bench_gil.py``).
 :class:`RipserProcess` runs it in a child interpreter instead. The calling thread waits on a
 pipe, which releases the GIL, while the child computes on another core.
 
