@@ -178,13 +178,17 @@ class RipserProcess:
         if proc is None:
             return
         proc.kill()
-        if self._lock.acquire(blocking=False):  # else the waiting caller reaps it
+        if self._lock.acquire(blocking=False):
             try:
                 self._stop(proc)
             finally:
                 self._lock.release()
+        else:  # a caller holds the pipes (it closes them when its read fails): only reap
+            proc.wait()
 
     def _ensure(self) -> subprocess.Popen | None:
+        if self._closed:  # close() ran while a caller was on its way in: launch nothing
+            raise RuntimeError("RipserProcess is closed (start() reopens it)")
         if self._in_process:
             return None
         if self._proc is not None and self._proc.poll() is None:
