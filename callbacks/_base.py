@@ -242,7 +242,7 @@ class GeometryCallbackBase(pl.Callback):
                 # ones after it wait too
                 if blocked or (i and not self.budget.allows(fam.name)):
                     blocked = True
-                    self._deferred.setdefault(fam.name, next(self._order))
+                    self._defer(fam)
                     continue
                 self._last[fam.name] = step
                 ctx.credit = self.budget.remaining()
@@ -330,8 +330,12 @@ class GeometryCallbackBase(pl.Callback):
                 self._deferred.pop(fam.name, None)
             else:
                 blocked = blocked or fam.name not in self.budget.pending
-                self._deferred.setdefault(fam.name, next(self._order))
+                self._defer(fam)
         return admitted
+
+    def _defer(self, fam: _Family) -> None:
+        """Keep ``fam`` due; its place in the queue is when it was first deferred."""
+        self._deferred.setdefault(fam.name, next(self._order))
 
     def _close_families(self) -> None:
         for fam in self._families:

@@ -58,9 +58,8 @@ class Context:
     """
 
     def __init__(self, trainer: Any, pl_module: nn.Module, step: int, probe_batch: Any,
-                 capture: Callable[[], dict[str, torch.Tensor]],
-                 credit: float | None = None) -> None:
-        self.credit = credit
+                 capture: Callable[[], dict[str, torch.Tensor]]) -> None:
+        self.credit: float | None = None  # set by the callback before each family runs
         self.trainer = trainer
         self.pl_module = pl_module
         self.step = step
