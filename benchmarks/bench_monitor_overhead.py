@@ -16,6 +16,7 @@ thread count in ``--threads``.
   ``budget.spent / fit time``.
 
     python benchmarks/bench_monitor_overhead.py --epochs 20 --repeats 15 --cold 3 --threads 1 2
+    python benchmarks/bench_monitor_overhead.py --accelerator gpu ...   # also peak GPU memory
 """
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ MODES = {"off": "without monitor", "on": "`GeometryMonitor()` defaults (`max_ove
          "fixed": "`GeometryMonitor(max_overhead=None)`: every scheduled measurement"}
 
 
-def _fit(mode: str, epochs: int, timings: dict | None = None) -> dict:
+def _fit(mode: str, epochs: int, timings: dict | None = None, accelerator: str = "cpu") -> dict:
     import pytorch_lightning as pl
 
     sys.path.insert(0, os.path.join(HERE, "..", "recipes"))
@@ -54,7 +55,7 @@ def _fit(mode: str, epochs: int, timings: dict | None = None) -> dict:
                 _time_family(fam, timings)
             if fam.name == "topology":
                 _record_child_peak(fam, child)
-    trainer = pl.Trainer(max_epochs=epochs, accelerator="cpu", logger=False,
+    trainer = pl.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
                          callbacks=[mon] if mon is not None else [], enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False)
     t0 = time.perf_counter()
@@ -109,9 +110,12 @@ def _time_family(fam, timings: dict) -> None:
     fam.run = timed
 
 
-def _cold(mode: str, epochs: int) -> dict:
-    out = _fit(mode, epochs)
+def _cold(mode: str, epochs: int, accelerator: str) -> dict:
+    import torch
+
+    out = _fit(mode, epochs, accelerator=accelerator)
     out["rss"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["gpu"] = torch.cuda.max_memory_allocated() / 2**20 if accelerator == "gpu" else 0.0
     return out
 
 
@@ -124,11 +128,12 @@ def _warm(args: argparse.Namespace) -> tuple[dict, dict]:
     walls: dict[str, list[dict]] = {m: [] for m in MODES}
     timings: dict[str, dict] = {m: {} for m in MODES if m != "off"}
     for mode in MODES:
-        _fit(mode, 1)
+        _fit(mode, 1, accelerator=args.accelerator)
     for _ in range(args.repeats):
         for mode in MODES:
             per_fit: dict = {}
-            walls[mode].append(_fit(mode, args.epochs, per_fit if mode != "off" else None))
+            walls[mode].append(_fit(mode, args.epochs, per_fit if mode != "off" else None,
+                                    args.accelerator))
             for k, v in per_fit.items():
                 timings[mode].setdefault(k, []).append(v)
     return walls, timings
@@ -157,6 +162,12 @@ def _report(threads: int, args: argparse.Namespace, walls: dict, timings: dict, 
               f"{mid:+.1f}% [{lo:+.1f}, {hi:+.1f}] | {own:.1f}% | {cw:.3f} | "
               f"{100 * (cw / cold_off - 1):+.1f}% | {rss:.0f} ({100 * (rss / rss_off - 1):+.1f}%) "
               f"| {child:.0f} / {pss:.0f} |")
+    if args.accelerator == "gpu":
+        gpu_off = statistics.median(r["gpu"] for r in cold["off"])
+        for mode, label in MODES.items():
+            gpu = statistics.median(r["gpu"] for r in cold[mode])
+            print(f"\npeak GPU memory allocated, {label}: {gpu:.1f} MiB "
+                  f"({100 * (gpu / gpu_off - 1):+.1f}%)")
     for mode in ("on", "fixed"):
         print(f"\n| family part, {MODES[mode]} | measurements per fit (median) | median ms each |")
         print("|---|---|---|")
@@ -173,6 +184,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=15)
     p.add_argument("--cold", type=int, default=3)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
     p.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = p.parse_args()
     warnings.filterwarnings("ignore")
@@ -186,19 +198,23 @@ def main() -> None:
 
     if args.worker:
         torch.set_num_threads(args.threads[0])
-        print(json.dumps(_cold(args.worker, args.epochs)))
+        print(json.dumps(_cold(args.worker, args.epochs, args.accelerator)))
         return
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, python {platform.python_version()}, torch {torch.__version__}")
+          f"{os.cpu_count()} CPUs, python {platform.python_version()}, torch {torch.__version__}, "
+          f"accelerator {args.accelerator}"
+          + (f" ({torch.cuda.get_device_name()})" if args.accelerator == "gpu" else ""))
     env = dict(os.environ, WANDB_MODE="offline", PYTHONWARNINGS="ignore")
     for threads in args.threads:
         cold: dict[str, list[dict]] = {m: [] for m in MODES}
         for _ in range(args.cold):
             for mode in MODES:
                 out = subprocess.run([sys.executable, __file__, "--worker", mode, "--epochs",
-                                      str(args.epochs), "--threads", str(threads)], env=env,
+                                      str(args.epochs), "--threads", str(threads),
+                                      "--accelerator", args.accelerator], env=env,
                                      capture_output=True, text=True, check=True)
                 cold[mode].append(json.loads(out.stdout.strip().splitlines()[-1]))
+                print(f"cold {mode}: {cold[mode][-1]['wall']:.3f} s", file=sys.stderr, flush=True)
         torch.set_num_threads(threads)
         walls, timings = _warm(args)
         _report(threads, args, walls, timings, cold)

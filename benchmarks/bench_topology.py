@@ -112,6 +112,8 @@ def main() -> None:
         rows.append(("giotto-tda VietorisRipsPersistence H0 + H1", f"{m}", t, ""))
     except ImportError:
         rows.append(("giotto-tda VietorisRipsPersistence", f"{m}", float("nan"), "not installed"))
+    except Exception as err:  # e.g. giotto-tda 0.6 against a scikit-learn newer than its pin
+        rows.append(("giotto-tda VietorisRipsPersistence", f"{m}", float("nan"), f"failed: {err!r}"))
 
     print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} cores, torch {torch.__version__}, threads 2, "

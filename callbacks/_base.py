@@ -190,8 +190,10 @@ class GeometryCallbackBase(pl.Callback):
         self._worker = BackgroundWorker(max_pending=self.max_pending, interrupt=self._close_families)
 
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        t0 = time.perf_counter()
         self._draw_probe(trainer, pl_module)
         self.budget.start()
+        self.budget.charge_bookkeeping(time.perf_counter() - t0)  # the probe set is ours too
 
     def _draw_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not any(f.enabled and f.needs_probe for f in self._families):

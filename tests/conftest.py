@@ -22,3 +22,7 @@ def wandb_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(d))
     monkeypatch.setenv("WANDB_SILENT", "true")
     yield d
+    import wandb
+
+    if wandb.run is not None:  # a test that failed before finishing its run must not leak it
+        wandb.finish()

@@ -173,3 +173,57 @@ def test_neural_persistence_contract_dtypes_and_bad_input():
     with pytest.raises(ValueError, match="all"):
         neural_persistence(torch.zeros(3, 3))
 
+
+
+# -- model- and weight-level estimators on every device ----------------------------------------
+def _sharpness_case(device: str):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    x = torch.randn(32, 4, generator=torch.Generator().manual_seed(1))
+    y = torch.randn(32, 1, generator=torch.Generator().manual_seed(2))
+    model, x, y = model.double().to(device), x.double().to(device), y.double().to(device)
+    return model, lambda: torch.nn.functional.mse_loss(model(x), y)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_sharpness_on_device_matches_cpu(device, optimizer):
+    results = []
+    for dev in ("cpu", device):
+        model, loss = _sharpness_case(dev)
+        opt = (torch.optim.SGD(model.parameters(), lr=0.1) if optimizer == "sgd"
+               else torch.optim.Adam(model.parameters(), lr=0.01))
+        if optimizer == "adam":  # Adam's preconditioner needs a second-moment estimate
+            loss().backward()
+            opt.step()
+            opt.zero_grad()
+        est = SharpnessEstimator(k=2, tol=1e-8, max_hvp=300, seed=3)
+        first = est.measure(model, loss, optimizer=opt)
+        warm = est.measure(model, loss, optimizer=opt)  # warm start from the stored vectors
+        assert first.converged and warm.converged
+        state = _roundtrip(est.state_dict())
+        assert state["eigenvectors"].device.type == "cpu"  # a checkpoint loads on any machine
+        fresh = SharpnessEstimator()
+        fresh.load_state_dict(state)
+        again, cont = fresh.measure(model, loss, optimizer=opt), est.measure(model, loss, optimizer=opt)
+        assert (again.sharpness, again.n_hvp) == (cont.sharpness, cont.n_hvp)
+        results.append((first, warm))
+    (cpu_first, cpu_warm), (dev_first, dev_warm) = results
+    assert dev_first.sharpness == pytest.approx(cpu_first.sharpness, rel=1e-6)
+    assert dev_warm.sharpness == pytest.approx(cpu_warm.sharpness, rel=1e-6)
+    assert dev_warm.eos_ratio == pytest.approx(cpu_warm.eos_ratio, rel=1e-6)
+    assert dev_first.preconditioned == (optimizer == "adam")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_sharpness_stopped_early_pads_missing_ritz_values_with_nan_on_device(device):
+    model, loss = _sharpness_case(device)
+    res = SharpnessEstimator(k=3, max_hvp=2).measure(model, loss, lr=0.1)
+    assert not res.converged and "only 2 of k=3" in res.reason
+    assert res.eigenvalues.device.type == device and bool(torch.isnan(res.eigenvalues[2]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_neural_persistence_on_device_matches_cpu(device):
+    W = torch.randn(16, 9, generator=torch.Generator().manual_seed(0))
+    assert neural_persistence(W.to(device)) == pytest.approx(neural_persistence(W), rel=1e-6)

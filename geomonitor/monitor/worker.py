@@ -129,7 +129,11 @@ class BackgroundWorker:
 
     def drain(self) -> list[tuple[int, Any, BaseException | None]]:
         """Finished ``(step, result, error)`` in submission order; ``error`` is ``None`` on
-        success (then ``result`` is ``fn()``'s value), else the exception (``result`` ``None``)."""
+        success (then ``result`` is ``fn()``'s value), else the exception (``result`` ``None``).
+        Called on every training step: nothing finished costs no lock (a result finishing
+        meanwhile comes with the next call)."""
+        if not self._done:
+            return []
         with self._cond:
             done, self._done = self._done, []
         return done

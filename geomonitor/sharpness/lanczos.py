@@ -166,14 +166,15 @@ def lanczos_top(
         thr = tol * scale
         if m > 1:
             diff = (theta[:kk, None] - theta[None, :]).abs()
-            diff[torch.arange(kk), torch.arange(kk)] = float("inf")
+            idx = torch.arange(kk, device=diff.device)
+            diff[idx, idx] = float("inf")
             gap = diff.min(dim=1).values
             est = torch.minimum(res, res**2 / gap)
         else:
             est = res
         moved = (
             (theta[:kk] - prev_theta[:kk]).abs() if prev_theta is not None and prev_theta.numel() >= kk
-            else torch.full((kk,), float("inf"), dtype=torch.float64)
+            else torch.full((kk,), float("inf"), dtype=torch.float64, device=theta.device)
         )
         done = (res <= thr) | ((est <= thr) & (moved <= thr) & (res <= math.sqrt(tol) * scale))
         exact = m >= dim
@@ -188,8 +189,8 @@ def lanczos_top(
             if kk < k:
                 reason = f"max_hvp={max_matvec} reached with only {kk} of k={k} Ritz pairs"
                 Y = torch.cat([Y, torch.full((k - kk, dim), float("nan"), device=device, dtype=dtype)])
-                theta = torch.cat([theta[:kk], torch.full((k - kk,), float("nan"), dtype=theta.dtype)])
-                res = torch.cat([res, torch.full((k - kk,), float("nan"), dtype=res.dtype)])
+                pad = torch.full((k - kk,), float("nan"), dtype=torch.float64, device=theta.device)
+                theta, res = torch.cat([theta[:kk], pad]), torch.cat([res, pad])
             return LanczosResult(theta[:k].to(dtype), Y, res.to(dtype), n, False, reason)
         prev_theta = theta.clone()
         if m >= max_basis:  # thick restart: keep the top Ritz vectors (exact A-images, no products)

@@ -14,8 +14,9 @@ persistence (Chazal, de Silva & Oudot, "Persistence stability for geometric comp
 Geom. Dedicata 173, 2014) the bottleneck distance between the landmark diagram and the full
 diagram is at most 2 * eps.
 
-Cost: O(m N D) flops (one matrix-vector product per landmark), O(N) extra memory; all on
-``X.device``.
+Cost: O(m N D) flops (one matrix-vector product per landmark; O(m N) with the Gram matrix),
+O(N) extra memory; all on ``X.device``. On the CPU the loop runs on numpy views; on
+accelerators it launches kernels without waiting for them, with one host check at the end.
 
 Example:
     >>> X = torch.randn(5000, 64)
@@ -23,6 +24,7 @@ Example:
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 __all__ = ["farthest_point_sampling"]
@@ -61,15 +63,85 @@ def farthest_point_sampling(
     first = int(torch.randint(n, (1,), generator=generator, device=generator.device))
     Xc = X.detach() - X.detach().mean(dim=0, keepdim=True)
     G, x_sq = gram_matrix if gram_matrix is not None else (None, (Xc * Xc).sum(dim=1))
-    idx = torch.empty(n_landmarks, dtype=torch.long, device=X.device)
-    idx[0] = first
-    mind = torch.full((n,), float("inf"), dtype=X.dtype, device=X.device)
-    # below ``tiny`` an expanded squared distance may be pure rounding: the sampler then
+    # below ``tiny`` an expanded squared distance may be pure rounding: the exact loop then
     # switches to direct differences (only near-duplicate clouds ever get there)
     tiny = 64.0 * torch.finfo(X.dtype).eps * float(x_sq.max())
+    fast = _fast_numpy if X.device.type == "cpu" and X.dtype in _NUMPY else _fast_torch
+    out = fast(Xc, x_sq, G, first, n_landmarks, tiny)
+    idx, mind = out if out is not None else _exact(Xc, x_sq, G, first, n_landmarks, tiny)
+    # covering radius, recomputed directly at the farthest point (no cancellation error)
+    far = int(mind.argmax())
+    eps = float((Xc[idx] - Xc[far]).norm(dim=1).min()) if float(mind[far]) > 0 else 0.0
+    return idx, eps
+
+
+_NUMPY = (torch.float32, torch.float64)
+
+
+
+def _fast_numpy(Xc: torch.Tensor, x_sq: torch.Tensor, G: torch.Tensor | None, first: int,
+                m: int, tiny: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """CPU: numpy views of the tensors, a few O(N) vector operations per landmark (torch's
+    per-operation overhead would dominate at probe-set sizes). None when a squared distance
+    to the landmarks falls to ``tiny`` (near duplicates): :func:`_exact` decides then."""
+    s = x_sq.numpy()
+    Gn = G.numpy() if G is not None else None
+    prod = torch.empty_like(x_sq)
+    row, tmp, mind = np.empty_like(s), prod.numpy(), np.full_like(s, np.inf)
+    idx = np.empty(m, dtype=np.int64)
+    j = idx[0] = first
+    for t in range(m):
+        np.add(s, s[j], out=row)
+        if Gn is not None:
+            np.multiply(Gn[j], 2.0, out=tmp)
+        else:
+            torch.mv(Xc, Xc[j], out=prod)
+            tmp *= 2.0
+        row -= tmp
+        np.maximum(row, 0.0, out=row)
+        row[j] = 0.0
+        np.minimum(mind, row, out=mind)
+        if t + 1 == m:
+            break
+        j = int(mind.argmax())
+        if mind[j] <= tiny:
+            return None
+        idx[t + 1] = j
+    return torch.from_numpy(idx), torch.from_numpy(mind)
+
+
+def _fast_torch(Xc: torch.Tensor, x_sq: torch.Tensor, G: torch.Tensor | None, first: int,
+                m: int, tiny: float) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Accelerators: no host synchronisation inside the loop (one check at the end); None
+    when a squared distance to the landmarks fell to ``tiny`` (near duplicates)."""
+    dev = Xc.device
+    idx = torch.empty(m, dtype=torch.long, device=dev)
+    idx[0] = first
+    mind = torch.full_like(x_sq, float("inf"))
+    low = torch.full((), float("inf"), dtype=x_sq.dtype, device=dev)
+    for t in range(m):
+        j = idx[t : t + 1]
+        prod = G.index_select(0, j)[0] if G is not None else Xc @ Xc.index_select(0, j)[0]
+        d2 = (x_sq + x_sq.index_select(0, j) - 2.0 * prod).clamp_min_(0.0).index_fill_(0, j, 0.0)
+        torch.minimum(mind, d2, out=mind)
+        if t + 1 == m:
+            break
+        top, nxt = mind.max(dim=0)
+        torch.minimum(low, top, out=low)
+        idx[t + 1] = nxt
+    return None if float(low) <= tiny else (idx, mind)
+
+
+def _exact(Xc: torch.Tensor, x_sq: torch.Tensor, G: torch.Tensor | None, first: int,
+           m: int, tiny: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference loop: direct differences once the expanded form reaches rounding level,
+    and an early stop once every point duplicates a landmark (a host check per landmark)."""
+    n = Xc.shape[0]
+    idx = torch.empty(m, dtype=torch.long, device=Xc.device)
+    idx[0] = first
+    mind = torch.full((n,), float("inf"), dtype=Xc.dtype, device=Xc.device)
     direct = False
-    m = n_landmarks
-    for t in range(n_landmarks):
+    for t in range(m):
         j = idx[t]
         if direct:
             d2 = (Xc - Xc[j]).pow(2).sum(dim=1)
@@ -77,18 +149,13 @@ def farthest_point_sampling(
             d2 = (x_sq + x_sq[j] - 2.0 * (Xc @ Xc[j] if G is None else G[j])).clamp_min_(0.0)
             d2[j] = 0.0
         torch.minimum(mind, d2, out=mind)
-        if t + 1 == n_landmarks:
+        if t + 1 == m:
             break
         if not direct and float(mind.max()) <= tiny:
             direct = True
             mind = torch.stack([(Xc - Xc[i]).pow(2).sum(dim=1) for i in idx[: t + 1]]).amin(0)
         nxt = mind.argmax()
         if float(mind[nxt]) == 0.0:
-            m = t + 1  # every point duplicates a landmark
-            break
+            return idx[: t + 1], mind  # every point duplicates a landmark
         idx[t + 1] = nxt
-    idx = idx[:m]
-    # covering radius, recomputed directly at the farthest point (no cancellation error)
-    far = int(mind.argmax())
-    eps = float((Xc[idx] - Xc[far]).norm(dim=1).min()) if float(mind[far]) > 0 else 0.0
-    return idx, eps
+    return idx, mind

@@ -9,14 +9,15 @@ lengths, so ties do not matter.
 
 Two exact algorithms, both on the tensor's device:
 
-* **Prim on the dense Gram matrix** (``N <= dense_max``): one matrix product
+* **Prim on the dense Gram matrix** (CPU, ``N <= dense_max``): one matrix product
   ``G = X X^T`` of the centred cloud (O(N^2 D) flops, N^2 floats; squared distances are
-  ``G_ii + G_jj - 2 G_ij``), then N vectorised steps of O(N) each (numpy views on CPU, torch
-  without host synchronisation on accelerators).
-* **Borůvka, chunked** (larger N): each round finds, for every point, its nearest point in
-  another component by chunked matrix products (O(N^2 D) per round, ``chunk_size * N``
+  ``G_ii + G_jj - 2 G_ij``), then N vectorised numpy steps of O(N) each.
+* **Borůvka** (accelerators, and CPU above ``dense_max``): each round finds, for every
+  point, its nearest point in another component (O(N^2) per round from the Gram matrix on
+  accelerators; O(N^2 D) by chunked matrix products above ``dense_max``, ``chunk_size * N``
   extra floats), keeps the lightest edge out of every component and merges. The number of
-  components at least halves per round, so at most ceil(log2 N) rounds.
+  components at least halves per round, so at most ceil(log2 N) rounds, each one host
+  synchronisation, where Prim would launch N sequences of small kernels.
 
 Edge *selection* uses the expanded form ``|a|^2 + |b|^2 - 2<a, b>`` on the centred cloud;
 the N - 1 selected lengths are then recomputed directly as ``||x_i - x_j||`` so they carry
@@ -28,6 +29,8 @@ Example:
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 
@@ -36,6 +39,7 @@ from geomonitor.distances import auto_chunk_size, sq_dists
 __all__ = ["gram", "mst_edge_lengths", "mst_edges"]
 
 DENSE_MAX = 8192  # N x N float32 = 256 MiB at the limit
+_ROWS_AHEAD = 2048  # CPU Prim forms all squared distances up to here (16 MiB in float32)
 
 
 def gram(Xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,27 +60,34 @@ def mst_edges(
 
     Args:
         X: (N, D) floating tensor, N >= 1, finite values; any device.
-        dense_max: largest N handled by Prim on the dense N x N Gram matrix; above it, chunked
+        dense_max: largest N handled on the dense N x N Gram matrix; above it, chunked
             Borůvka keeps memory at O(chunk_size * N).
         chunk_size: rows per distance block (Borůvka only); default ~128 MiB per block.
-        gram_matrix: ``gram(X - X.mean(0))`` if the caller already has it (Prim only).
+        gram_matrix: ``gram(X - X.mean(0))`` if the caller already has it.
 
     Returns:
         ``(edges, lengths)``: (N - 1, 2) long tensor of endpoint indices and (N - 1,)
         lengths ``||x_i - x_j||`` recomputed directly, in ``X.dtype`` on ``X.device``.
 
-    Cost: O(N^2 D) flops (Prim) or O(N^2 D log N) (Borůvka).
+    Cost: O(N^2 D) flops, plus O(N^2) per step (Prim, CPU) or per round (Borůvka on the Gram
+    matrix, accelerators); O(N^2 D log N) above ``dense_max`` (chunked Borůvka).
     """
     n = X.shape[0]
     if n < 2:
         return (torch.empty(0, 2, dtype=torch.long, device=X.device),
                 torch.empty(0, dtype=X.dtype, device=X.device))
     Xc = X.detach() - X.detach().mean(dim=0, keepdim=True)
+    cs = chunk_size or auto_chunk_size(n, n)
     if n <= dense_max or gram_matrix is not None:
         G, sq = gram_matrix if gram_matrix is not None else gram(Xc)
-        edges = _prim_numpy(G, sq) if G.device.type == "cpu" else _prim_torch(G, sq)
+        if G.device.type == "cpu":
+            edges = _prim_numpy(G, sq)
+        else:  # Prim's N sequential steps would be N kernel launches each: Borůvka instead
+            edges = _boruvka(lambda s, e: (sq[s:e, None] + sq[None, :] - 2.0 * G[s:e]).clamp_(min=0),
+                             n, G.device, G.dtype, cs)
     else:
-        edges = _boruvka(Xc, chunk_size)
+        x_sq = (Xc * Xc).sum(dim=1)
+        edges = _boruvka(lambda s, e: sq_dists(Xc[s:e], Xc, x_sq), n, Xc.device, Xc.dtype, cs)
     lengths = (Xc[edges[:, 0]] - Xc[edges[:, 1]]).norm(dim=1)
     return edges, lengths
 
@@ -94,24 +105,29 @@ def mst_edge_lengths(
 
 def _prim_numpy(G: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
     """Prim's algorithm on squared distances from the Gram matrix (CPU: numpy views of the
-    tensors, ~N small vector operations of O(N) each)."""
+    tensors, ~N small vector operations of O(N) each). Up to ``_ROWS_AHEAD`` points the N x N
+    squared distances are formed once (N^2 extra floats), which halves the work per step."""
     Gn, s = G.numpy(), sq.numpy()
     n = s.shape[0]
-    key = s + s[0] - 2.0 * Gn[0]
+    D = (s[:, None] + s[None, :]) - 2.0 * Gn if n <= _ROWS_AHEAD else None
+    key = D[0].copy() if D is not None else s + s[0] - 2.0 * Gn[0]
     key[0] = np.inf
     parent = np.zeros(n, dtype=np.int64)
     free = np.ones(n, dtype=bool)
     free[0] = False
     out = np.empty((n - 1, 2), dtype=np.int64)
-    row = np.empty(n, dtype=Gn.dtype)
+    buf = np.empty(n, dtype=Gn.dtype)
     closer = np.empty(n, dtype=bool)
     for t in range(n - 1):
         j = int(key.argmin())
         out[t] = parent[j], j
         free[j] = False
-        np.multiply(Gn[j], -2.0, out=row)
-        row += s
-        row += s[j]
+        if D is not None:
+            row = D[j]
+        else:
+            row = np.multiply(Gn[j], -2.0, out=buf)
+            row += s
+            row += s[j]
         np.less(row, key, out=closer)
         closer &= free
         np.copyto(key, row, where=closer)
@@ -120,35 +136,17 @@ def _prim_numpy(G: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def _prim_torch(G: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
-    """Prim's algorithm on the Gram matrix in torch (accelerators): no host sync in the loop."""
-    n, dev = sq.shape[0], sq.device
-    inf = torch.tensor(float("inf"), dtype=G.dtype, device=dev)
-    key = sq + sq[0] - 2.0 * G[0]
-    parent = torch.zeros(n, dtype=torch.long, device=dev)
-    done = torch.zeros(n, dtype=torch.bool, device=dev)
-    done[0] = True
-    key[0] = inf
-    out = torch.empty(n - 1, 2, dtype=torch.long, device=dev)
-    for t in range(n - 1):
-        j = key.argmin().view(1)
-        out[t, 1:] = j
-        out[t, :1] = parent.index_select(0, j)
-        done.index_fill_(0, j, True)
-        row = sq + sq.index_select(0, j) - 2.0 * G.index_select(0, j)[0]
-        closer = (row < key) & ~done
-        key = torch.where(closer, row, key).index_fill_(0, j, float("inf"))
-        parent = torch.where(closer, j, parent)
-    return out
+def _boruvka(rows: Callable[[int, int], torch.Tensor], n: int, dev: torch.device,
+             dtype: torch.dtype, chunk_size: int) -> torch.Tensor:
+    """Borůvka rounds over squared-distance rows ``rows(s, e)`` (an (e - s, N) block).
 
-
-def _boruvka(X: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
-    """Chunked Borůvka; candidate edges of a round are merged lightest first (Kruskal on the
-    candidates), so equal lengths cannot close a cycle."""
-    n, dev = X.shape[0], X.device
-    cs = chunk_size or auto_chunk_size(n, n)
-    x_sq = (X * X).sum(dim=1)
-    uf = list(range(n))
+    The tensor work of a round (nearest point in another component, lightest edge out of each
+    component) stays on the device; the host keeps the union-find: each component's candidate
+    edge is merged lightest first (Kruskal on the candidates), so equal or inconsistently
+    rounded lengths cannot close a cycle. One host synchronisation per round, at most
+    ceil(log2 N) rounds.
+    """
+    uf = np.arange(n)
 
     def find(a: int) -> int:
         while uf[a] != a:
@@ -156,26 +154,31 @@ def _boruvka(X: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
             a = uf[a]
         return a
 
+    idx = torch.arange(n, device=dev)
     edges: list[tuple[int, int]] = []
     while len(edges) < n - 1:
-        comp = torch.tensor([find(i) for i in range(n)], device=dev)
-        best_d = torch.empty(n, dtype=X.dtype, device=dev)
+        while True:  # pointer jumping: every entry of uf becomes its root
+            nxt = uf[uf]
+            if np.array_equal(nxt, uf):
+                break
+            uf = nxt
+        comp = torch.from_numpy(uf).to(dev)
+        best_d = torch.empty(n, dtype=dtype, device=dev)
         best_j = torch.empty(n, dtype=torch.long, device=dev)
-        for s in range(0, n, cs):
-            block = sq_dists(X[s : s + cs], X, x_sq)
-            block.masked_fill_(comp[s : s + cs, None] == comp[None, :], float("inf"))
-            best_d[s : s + cs], best_j[s : s + cs] = block.min(dim=1)
+        for s in range(0, n, chunk_size):
+            block = rows(s, min(s + chunk_size, n))
+            block.masked_fill_(comp[s : s + chunk_size, None] == comp[None, :], float("inf"))
+            best_d[s : s + chunk_size], best_j[s : s + chunk_size] = block.min(dim=1)
             del block
         # lightest outgoing edge per component (lowest point index among ties)
-        comp_min = torch.full((n,), float("inf"), dtype=X.dtype, device=dev)
+        comp_min = torch.full((n,), float("inf"), dtype=dtype, device=dev)
         comp_min.scatter_reduce_(0, comp, best_d, reduce="amin")
         is_min = best_d == comp_min[comp]
-        idx = torch.arange(n, device=dev)
         first = torch.full((n,), n, dtype=torch.long, device=dev)
         first.scatter_reduce_(0, comp, torch.where(is_min, idx, n), reduce="amin")
         sel = first[first < n]
-        order = best_d[sel].argsort()
-        for i, j in zip(sel[order].tolist(), best_j[sel][order].tolist()):
+        sel = sel[best_d[sel].argsort()]
+        for i, j in zip(sel.tolist(), best_j[sel].tolist()):
             ri, rj = find(i), find(j)
             if ri != rj:
                 uf[ri] = rj

@@ -56,10 +56,10 @@ def _monitor(**kw):
     return GeometryMonitor(**args)
 
 
-def _fit(monitor, loggers, root, max_steps=6):
+def _fit(monitor, loggers, root, max_steps=6, accelerator="cpu"):
     model = _Net()
     trainer = pl.Trainer(max_steps=max_steps, logger=loggers, callbacks=[monitor],
-                         accelerator="cpu", enable_progress_bar=False,
+                         accelerator=accelerator, devices=1, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False,
                          default_root_dir=root, log_every_n_steps=1)
     trainer.fit(model, torch.utils.data.DataLoader(_data(), batch_size=16))
@@ -86,12 +86,16 @@ def _dense_sharpness(model, x, y):
     return float(torch.linalg.eigvalsh(H)[-1])
 
 
-def test_fit_logs_every_family_to_wandb_csv_and_callback_metrics(tmp_path, wandb_dir):
+@pytest.mark.parametrize("accelerator", [
+    "cpu", pytest.param("gpu", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                        reason="needs CUDA"))])
+def test_fit_logs_every_family_to_wandb_csv_and_callback_metrics(tmp_path, wandb_dir, accelerator):
     wb = WandbLogger(project="geometry-test", save_dir=str(wandb_dir), offline=True)
     csv_logger = CSVLogger(str(tmp_path), name="csv")
     monitor = _monitor(prog_bar=["eos_ratio", "id/fc1"])
-    trainer, model = _fit(monitor, [wb, csv_logger], tmp_path)
+    trainer, model = _fit(monitor, [wb, csv_logger], tmp_path, accelerator=accelerator)
     wb.experiment.finish()
+    model.cpu()
 
     # the probe set is drawn by index from the dataset: recompute everything independently
     x, y = _data()[monitor._probe.indices]

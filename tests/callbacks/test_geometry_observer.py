@@ -74,7 +74,15 @@ class _ChildPids(pl.Callback):
         return True
 
 
-def _run(tmp_path, monitor=None, max_steps=8, extra=()):
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+def _rng_states(accelerator):
+    cpu = torch.get_rng_state()
+    return (cpu, torch.cuda.get_rng_state()) if accelerator == "gpu" else (cpu,)
+
+
+def _run(tmp_path, monitor=None, max_steps=8, extra=(), accelerator="cpu"):
     pl.seed_everything(123, verbose=False)
     g = torch.Generator().manual_seed(0)
     data = torch.utils.data.TensorDataset(torch.randn(48, 4, 6, generator=g),
@@ -82,12 +90,12 @@ def _run(tmp_path, monitor=None, max_steps=8, extra=()):
     loader = torch.utils.data.DataLoader(data, batch_size=8, shuffle=True)
     model, rec = _Block(), _Record()
     callbacks = [rec] + ([monitor] if monitor is not None else []) + list(extra)
-    trainer = pl.Trainer(max_steps=max_steps, accelerator="cpu", logger=False,
+    trainer = pl.Trainer(max_steps=max_steps, accelerator=accelerator, devices=1, logger=False,
                          callbacks=callbacks, enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False,
                          default_root_dir=tmp_path)
     trainer.fit(model, loader)
-    return model, trainer.optimizers[0], rec.losses, torch.get_rng_state()
+    return model, trainer.optimizers[0], rec.losses, _rng_states(accelerator)
 
 
 def _monitor(**kw):
@@ -97,12 +105,13 @@ def _monitor(**kw):
                            topology_every_n_epochs=None, np_every_n_steps=4, **kw)
 
 
-def test_monitor_leaves_weights_optimizer_losses_and_rng_bitwise_unchanged(tmp_path):
+@pytest.mark.parametrize("accelerator", ["cpu", pytest.param("gpu", marks=CUDA)])
+def test_monitor_leaves_weights_optimizer_losses_and_rng_bitwise_unchanged(tmp_path, accelerator):
     before = set(threading.enumerate())
-    ref_model, ref_opt, ref_losses, ref_rng = _run(tmp_path)
+    ref_model, ref_opt, ref_losses, ref_rng = _run(tmp_path, accelerator=accelerator)
     mon = _monitor(strict=True)
     children = _ChildPids(mon)
-    model, opt, losses, rng = _run(tmp_path, mon, extra=[children])
+    model, opt, losses, rng = _run(tmp_path, mon, extra=[children], accelerator=accelerator)
 
     assert mon._last == {"id": 8, "sharpness": 6, "topology": 8, "neural_persistence": 8}
     assert mon.errors == {}
@@ -111,7 +120,7 @@ def test_monitor_leaves_weights_optimizer_losses_and_rng_bitwise_unchanged(tmp_p
     for pa, pb in zip(ref_opt.param_groups[0]["params"], opt.param_groups[0]["params"]):
         assert torch.equal(ref_opt.state[pa]["momentum_buffer"], opt.state[pb]["momentum_buffer"])
     assert torch.equal(torch.stack(ref_losses), torch.stack(losses))
-    assert torch.equal(ref_rng, rng)
+    assert all(torch.equal(a, b) for a, b in zip(ref_rng, rng))  # CPU and CUDA generators
     # no thread and no child process outlives the Trainer
     assert set(threading.enumerate()) <= before
     assert children.pids and children.all_gone()

@@ -3,11 +3,42 @@ import pytest
 import torch
 
 from geomonitor.topology import farthest_point_sampling
+from geomonitor.topology.landmarks import _exact, _fast_numpy, _fast_torch
 from geomonitor.topology.mst import gram
 
 
 def _cloud(n=400, d=6, seed=0):
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _brute_force_check(X, idx, eps):
+    D = torch.cdist(X.double(), X.double())
+    for t in range(1, len(idx)):  # each landmark is the point farthest from the previous ones
+        mind = D[:, idx[:t]].min(dim=1).values
+        assert mind[idx[t]] == pytest.approx(float(mind.max()), rel=1e-5)
+    assert eps == pytest.approx(float(D[:, idx].min(dim=1).values.max()), rel=1e-5)
+
+
+@pytest.mark.parametrize("path", [_fast_numpy, _fast_torch, _exact])  # CPU / accelerators / fallback
+@pytest.mark.parametrize("with_gram", [True, False])
+def test_every_loop_picks_the_maxmin_landmarks(path, with_gram):
+    X = _cloud(300, 5, seed=6).float()
+    Xc = X - X.mean(0)
+    G, sq = gram(Xc)
+    idx, mind = path(Xc, sq, G if with_gram else None, 17, 25, 0.0)
+    assert idx[0] == 17 and len(set(idx.tolist())) == 25
+    D = torch.cdist(X.double(), X.double())
+    _brute_force_check(X, idx, float(D[:, idx].min(dim=1).values.max()))
+    torch.testing.assert_close(mind.double().sqrt(), D[:, idx].min(dim=1).values, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("path", [_fast_numpy, _fast_torch])
+def test_fast_loops_hand_near_duplicates_to_the_exact_one(path):
+    base = _cloud(7, 3, seed=5)
+    X = base.repeat(20, 1)
+    Xc = X - X.mean(0)
+    G, sq = gram(Xc)
+    assert path(Xc, sq, G, 0, 30, 64.0 * torch.finfo(X.dtype).eps * float(sq.max())) is None
 
 
 def test_maxmin_order_and_radius_match_brute_force():
@@ -53,6 +84,21 @@ def test_fewer_distinct_points_than_landmarks_stops_early():
     idx, eps = farthest_point_sampling(X, 30, generator=torch.Generator().manual_seed(0))
     assert len(idx) == 7 and eps == 0.0
     assert torch.cdist(X[idx], base).min(dim=0).values.max() == 0  # every distinct point taken
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_landmarks_equal_cpu():
+    X = _cloud(500, 8, seed=7)
+    for gm in (False, True):
+        a = farthest_point_sampling(X, 60, generator=torch.Generator().manual_seed(2),
+                                    gram_matrix=gram(X - X.mean(0)) if gm else None)
+        Xg = X.cuda()
+        b = farthest_point_sampling(Xg, 60, generator=torch.Generator().manual_seed(2),
+                                    gram_matrix=gram(Xg - Xg.mean(0)) if gm else None)
+        assert b[0].is_cuda and torch.equal(a[0], b[0].cpu()) and b[1] == pytest.approx(a[1], rel=1e-9)
+    near = X[:9].repeat(10, 1).cuda()  # near duplicates: the exact loop on the device
+    idx, eps = farthest_point_sampling(near, 20, generator=torch.Generator().manual_seed(0))
+    assert len(idx) == 9 and eps == 0.0
 
 
 def test_constant_cloud():

@@ -5,7 +5,8 @@ import torch
 from gph import ripser_parallel
 
 from geomonitor.topology import mst_edge_lengths, mst_edges, persistence_diagrams
-from geomonitor.topology.mst import _prim_torch, gram
+from geomonitor.distances import sq_dists
+from geomonitor.topology.mst import _boruvka, gram
 
 
 def _gph_h0(X, tiny=0.0):
@@ -61,20 +62,36 @@ def test_edges_form_a_spanning_tree_with_direct_lengths():
     np.testing.assert_allclose(lengths.numpy(), (X[edges[:, 0]] - X[edges[:, 1]]).norm(dim=1).numpy())
 
 
-def test_torch_prim_path_equals_giotto_ph():  # the path taken on accelerators, run here on CPU
+@pytest.mark.parametrize("source", ["gram", "points"])
+def test_boruvka_paths_equal_giotto_ph(source):  # the Gram path is the one taken on accelerators
     X = _cloud(200, 6, seed=4)
     Xc = X - X.mean(0)
-    edges = _prim_torch(*gram(Xc))
+    G, sq = gram(Xc)
+    rows = ((lambda s, e: sq[s:e, None] + sq[None, :] - 2 * G[s:e]) if source == "gram"
+            else (lambda s, e: sq_dists(Xc[s:e], Xc)))
+    edges = _boruvka(rows, 200, Xc.device, Xc.dtype, 64)
     got = np.sort((Xc[edges[:, 0]] - Xc[edges[:, 1]]).norm(dim=1).numpy())
     np.testing.assert_allclose(got, _gph_h0(X), atol=1e-5)
+
+
+def test_boruvka_on_a_grid_with_many_equal_lengths_is_a_spanning_tree():
+    g = torch.stack(torch.meshgrid(torch.arange(12.0), torch.arange(12.0), indexing="ij"), -1)
+    X = g.reshape(-1, 2).double()
+    edges, lengths = mst_edges(X, dense_max=10, chunk_size=17)  # every MST edge has length 1
+    assert edges.shape == (143, 2)
+    assert len({frozenset(e) for e in edges.tolist()}) == 143  # no edge twice
+    assert torch.equal(lengths, torch.ones(143, dtype=torch.float64))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_h0_on_cuda_equals_giotto_ph():
     X = _cloud(500, 16, seed=5)
-    got = mst_edge_lengths(X.cuda())
-    assert got.device.type == "cuda"
-    np.testing.assert_allclose(got.cpu().numpy(), _gph_h0(X), atol=1e-5)
+    for dense_max in (10_000, 10):  # Borůvka on the Gram matrix / chunked on the points
+        got = mst_edge_lengths(X.cuda(), dense_max=dense_max, chunk_size=77)
+        assert got.device.type == "cuda"
+        np.testing.assert_allclose(got.cpu().numpy(), _gph_h0(X), atol=1e-5)
+        got = mst_edge_lengths(X.float().cuda(), dense_max=dense_max)
+        np.testing.assert_allclose(got.cpu().numpy(), _gph_h0(X.float().double()), atol=1e-5)
 
 
 def test_single_point_has_no_edges():
