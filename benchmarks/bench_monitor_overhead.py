@@ -8,6 +8,9 @@ thread count in ``--threads``.
   alternate the three. The machine's speed drifts by tens of percent between seconds, so the
   overhead reported is the median (and quartiles) of the per-round ratios to the fit without
   monitor of the same round.
+* CPU time: the same rounds, counted as CPU seconds of the training process (all its
+  threads) and of its reaped children (the giotto-ph process): time the VM's neighbours take
+  from it does not count, so this is the steadier measure of the monitor's extra work.
 * Cold start and memory: ``--cold`` fresh processes per run (imports, lazy initialisations
   and the giotto-ph child's start included), alternating; median fit wall time, peak RSS of
   the training process and of its largest child (the giotto-ph process).
@@ -58,10 +61,12 @@ def _fit(mode: str, epochs: int, timings: dict | None = None, accelerator: str =
     trainer = pl.Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False,
                          callbacks=[mon] if mon is not None else [], enable_progress_bar=False,
                          enable_model_summary=False, enable_checkpointing=False)
-    t0 = time.perf_counter()
+    ru0, c0, t0 = resource.getrusage(resource.RUSAGE_CHILDREN), time.process_time(), time.perf_counter()
     trainer.fit(DigitsMLP(), train)
     wall = time.perf_counter() - t0
-    return {"wall": wall, "steps": trainer.global_step, "child_rss": child.get("rss", 0.0),
+    ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = time.process_time() - c0 + (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
+    return {"wall": wall, "cpu": cpu, "steps": trainer.global_step, "child_rss": child.get("rss", 0.0),
             "child_pss": child.get("pss", 0.0),
             "spent": mon.budget.spent if mon is not None else 0.0}
 
@@ -144,22 +149,25 @@ def _report(threads: int, args: argparse.Namespace, walls: dict, timings: dict, 
     print(f"quickstart MLP on digits, {args.epochs} epochs ({walls['on'][0]['steps']} steps); "
           f"warm: {args.repeats} alternating rounds in one process; cold: {args.cold} fresh "
           "processes per run\n")
-    print("| run | fit wall, warm (s) | wall overhead, warm: median [quartiles] | monitor's "
-          "own time / fit | fit wall, cold (s) | cold overhead | peak RSS (MiB) | giotto-ph "
-          "child peak RSS / PSS (MiB) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| run | fit wall, warm (s) | wall overhead, warm: median [quartiles] | CPU-time "
+          "overhead, warm: median [quartiles] | monitor's own time / fit | fit wall, cold (s) "
+          "| cold overhead | peak RSS (MiB) | giotto-ph child peak RSS / PSS (MiB) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     cold_off = statistics.median(r["wall"] for r in cold["off"])
     rss_off = statistics.median(r["rss"] for r in cold["off"])
     for mode, label in MODES.items():
         ratios = [100 * (a["wall"] / b["wall"] - 1) for a, b in zip(walls[mode], walls["off"])]
         lo, mid, hi = _quartiles(ratios)
+        clo, cmid, chi = _quartiles([100 * (a["cpu"] / b["cpu"] - 1)
+                                     for a, b in zip(walls[mode], walls["off"])])
         own = statistics.median(100 * r["spent"] / r["wall"] for r in walls[mode])
         cw = statistics.median(r["wall"] for r in cold[mode])
         rss = statistics.median(r["rss"] for r in cold[mode])
         child = statistics.median(r["child_rss"] for r in cold[mode])
         pss = statistics.median(r["child_pss"] for r in cold[mode])
         print(f"| {label} | {statistics.median(r['wall'] for r in walls[mode]):.3f} | "
-              f"{mid:+.1f}% [{lo:+.1f}, {hi:+.1f}] | {own:.1f}% | {cw:.3f} | "
+              f"{mid:+.1f}% [{lo:+.1f}, {hi:+.1f}] | {cmid:+.1f}% [{clo:+.1f}, {chi:+.1f}] | "
+              f"{own:.1f}% | {cw:.3f} | "
               f"{100 * (cw / cold_off - 1):+.1f}% | {rss:.0f} ({100 * (rss / rss_off - 1):+.1f}%) "
               f"| {child:.0f} / {pss:.0f} |")
     if args.accelerator == "gpu":

@@ -83,8 +83,10 @@ def mst_edges(
         if G.device.type == "cpu":
             edges = _prim_numpy(G, sq)
         else:  # Prim's N sequential steps would be N kernel launches each: Borůvka instead
-            edges = _boruvka(lambda s, e: (sq[s:e, None] + sq[None, :] - 2.0 * G[s:e]).clamp_(min=0),
-                             n, G.device, G.dtype, cs)
+            def rows(s: int, e: int) -> torch.Tensor:
+                return (sq[s:e, None] + sq[None, :] - 2.0 * G[s:e]).clamp_(min=0)
+
+            edges = _boruvka(rows, n, G.device, G.dtype, cs)
     else:
         x_sq = (Xc * Xc).sum(dim=1)
         edges = _boruvka(lambda s, e: sq_dists(Xc[s:e], Xc, x_sq), n, Xc.device, Xc.dtype, cs)
