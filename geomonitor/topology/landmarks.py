@@ -78,7 +78,6 @@ def farthest_point_sampling(
 _NUMPY = (torch.float32, torch.float64)
 
 
-
 def _fast_numpy(Xc: torch.Tensor, x_sq: torch.Tensor, G: torch.Tensor | None, first: int,
                 m: int, tiny: float) -> tuple[torch.Tensor, torch.Tensor] | None:
     """CPU: numpy views of the tensors, a few O(N) vector operations per landmark (torch's

@@ -69,8 +69,9 @@ def mst_edges(
         ``(edges, lengths)``: (N - 1, 2) long tensor of endpoint indices and (N - 1,)
         lengths ``||x_i - x_j||`` recomputed directly, in ``X.dtype`` on ``X.device``.
 
-    Cost: O(N^2 D) flops, plus O(N^2) per step (Prim, CPU) or per round (Borůvka on the Gram
-    matrix, accelerators); O(N^2 D log N) above ``dense_max`` (chunked Borůvka).
+    Cost: O(N^2 D) flops for the Gram matrix, then O(N) per step over N steps (Prim, CPU)
+    or O(N^2) per round over at most ceil(log2 N) rounds (Borůvka on the Gram matrix,
+    accelerators); O(N^2 D log N) above ``dense_max`` (chunked Borůvka).
     """
     n = X.shape[0]
     if n < 2:
