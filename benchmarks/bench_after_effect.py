@@ -15,9 +15,10 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 import torch
+
+from _loop import sgd_steps
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -37,25 +38,16 @@ def main() -> None:
     from geomonitor.sharpness import SharpnessEstimator
     from geomonitor.topology import neural_persistence_network, prepare_diagrams
 
-    train, _ = digits_loaders()
-    batches = list(train)
+    loader, _ = digits_loaders()
+    batches = list(loader)
     torch.manual_seed(0)
     model = DigitsMLP()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
     probe_x = torch.cat([b[0] for b in batches])[:256]
     probe_y = torch.cat([b[1] for b in batches])[:256]
     acts = torch.tanh(model.fc1(probe_x)).detach()
     est = SharpnessEstimator(max_hvp=20)
 
-    def train_steps() -> float:
-        t0 = time.perf_counter()
-        for i in range(args.steps):
-            x, y = batches[i % len(batches)]
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        return time.perf_counter() - t0
+    train = sgd_steps(model, batches, lr=0.01)
 
     def probe_loss() -> torch.Tensor:
         return torch.nn.functional.cross_entropy(model(probe_x), probe_y)
@@ -71,12 +63,12 @@ def main() -> None:
     }
     for fn in kinds.values():
         fn()
-    train_steps()
+    train(args.steps)
     times: dict[str, list[float]] = {k: [] for k in kinds}
     for _ in range(args.rounds):
         for name, fn in kinds.items():
             fn()
-            times[name].append(train_steps())
+            times[name].append(train(args.steps))
     base = statistics.median(times["none"])
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, torch {torch.__version__}; "
           f"{args.steps} steps, median of {args.rounds} rounds\n")

@@ -21,6 +21,8 @@ import time
 
 import torch
 
+from _loop import sgd_steps
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -35,19 +37,10 @@ def main() -> None:
 
     from geomonitor.topology import RipserProcess, prepare_diagrams
 
-    model = DigitsMLP()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     g = torch.Generator().manual_seed(0)
     X, y = torch.randn(64, 64, generator=g), torch.randint(0, 10, (64,), generator=g)
     cloud = torch.randn(256, 128, generator=g)
-
-    def train(n: int) -> float:
-        t0 = time.perf_counter()
-        for _ in range(n):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(X), y).backward()
-            opt.step()
-        return time.perf_counter() - t0
+    train = sgd_steps(DigitsMLP(), [(X, y)], lr=0.1)
 
     def beside(ripser) -> tuple[float, float]:
         stop, busy = threading.Event(), [0.0]
