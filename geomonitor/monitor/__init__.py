@@ -7,8 +7,12 @@
   and their outputs as (N, D) point clouds (:mod:`.layers`);
 * :class:`BackgroundWorker` -- CPU-heavy jobs off the training thread (:mod:`.worker`);
 * :class:`OverheadBudget` -- defers due measurements while they cost too much (:mod:`.budget`);
+* :class:`Admission` -- which due measurements run now: schedules, queue, budget (:mod:`.admission`);
+* :class:`AfterEffectMeter` -- the slowdown a measurement leaves in later steps (:mod:`.aftereffect`);
 * alert rules live in :mod:`geomonitor.monitor.alerts`.
 """
+from geomonitor.monitor.admission import Admission
+from geomonitor.monitor.aftereffect import AfterEffectMeter
 from geomonitor.monitor.budget import OverheadBudget
 from geomonitor.monitor.keys import FAMILIES, PREFIX, metric_key
 from geomonitor.monitor.layers import REDUCTIONS, LayerSelector, capture_activations, reduce_output
@@ -17,4 +21,5 @@ from geomonitor.monitor.schedule import Every
 from geomonitor.monitor.worker import BackgroundWorker
 
 __all__ = ["Every", "FAMILIES", "PREFIX", "metric_key", "ProbeSet", "LayerSelector", "REDUCTIONS",
-           "reduce_output", "capture_activations", "BackgroundWorker", "OverheadBudget"]
+           "reduce_output", "capture_activations", "BackgroundWorker", "OverheadBudget",
+           "Admission", "AfterEffectMeter"]

@@ -23,8 +23,11 @@ the lowest priority still slowed a one-thread training loop), and conservative w
 is one. A deferred measurement stays due and runs
 at the first step the budget allows, so the cadence stretches on fast training steps instead
 of slowing training down. :meth:`remaining` is the credit left, e.g. how long to wait for
-pending work at the end of a fit. The monitor's own per-step bookkeeping is charged too
-(:meth:`charge_bookkeeping`), so ``spent`` is all the time it took on the training thread.
+pending work at the end of a fit. Costs that belong to no measurement are charged with
+:meth:`charge_bookkeeping`: the monitor's own per-step work, the framework's calls into it,
+and the slowdown a measurement leaves in the training steps after it
+(:class:`~geomonitor.monitor.aftereffect.AfterEffectMeter`), so that ``spent`` is what the
+monitor costs the run, not only the time it is seen to take.
 
 Timing makes the decisions machine-dependent: use ``fraction=None`` (no budget) where the
 series must be reproducible step for step. The budget never touches the training itself.
@@ -39,6 +42,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 
@@ -89,6 +93,23 @@ class OverheadBudget:
         if not ok:
             self.deferred[name] = self.deferred.get(name, 0) + 1
         return ok
+
+    def ready_at(self, name: str) -> float:
+        """The clock time from which :meth:`allows` admits ``name`` if nothing more is spent
+        meanwhile (spending more only moves it later):
+
+            fraction * (t - t0 - spent) - spent >= need
+            <=>  t >= t0 + spent + (need + spent) / fraction
+
+        with ``need`` the family's cost, or the costliest known cost for a family never
+        measured. ``-inf`` without a budget or before :meth:`start` (always admitted),
+        ``inf`` while ``name`` is pending (its background part decides, not the clock)."""
+        if self.fraction is None or self._t0 is None:
+            return -math.inf
+        if name in self.pending:
+            return math.inf
+        need = self.cost[name] if name in self.cost else max(self.cost.values(), default=0.0)
+        return self._t0 + self.spent + (need + self.spent) / self.fraction
 
     def remaining(self) -> float | None:
         """The credit, ``fraction * (elapsed - spent) - spent`` (may be negative after a

@@ -107,3 +107,33 @@ def test_bookkeeping_time_is_spent_but_sets_no_family_cost():
     clock.t += 10.0
     assert b.spent == 0.5 and b.cost == {}
     assert b.remaining() == pytest.approx(0.1 * 9.5 - 0.5)
+
+
+@pytest.mark.parametrize("fraction,charges,name", [
+    (0.05, {"sharpness": 0.01}, "sharpness"),
+    (0.05, {"sharpness": 0.01, "topology": 0.03}, "id"),  # unknown: needs the costliest
+    (0.5, {"id": 0.2}, "id"),
+    (1.0, {}, "np"),
+])
+def test_ready_at_is_the_first_time_the_family_is_admitted(fraction, charges, name):
+    clock = _Clock()
+    b = OverheadBudget(fraction, clock=clock)
+    b.start()
+    for fam, seconds in charges.items():
+        b.charge(fam, seconds)
+    b.charge_bookkeeping(0.004)
+    t = b.ready_at(name)
+    clock.t = t - 1e-9
+    assert not b.allows(name)
+    clock.t = t + 1e-9
+    assert b.allows(name)
+
+
+def test_ready_at_without_a_budget_and_while_pending():
+    clock = _Clock()
+    assert OverheadBudget(None, clock=clock).ready_at("x") == float("-inf")
+    b = OverheadBudget(0.1, clock=clock)
+    assert b.ready_at("x") == float("-inf")  # not started: admitted
+    b.start()
+    b.charge("topology", 0.1, pending=True)
+    assert b.ready_at("topology") == float("inf")
