@@ -26,7 +26,6 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
-import itertools
 import random
 import time
 import warnings
@@ -38,8 +37,11 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from geomonitor.callbacks._dispatch import DispatchCost
 from geomonitor.callbacks._families import Context, Measurement, _Family, default_forward
 from geomonitor.callbacks.sinks import TrainerSink
+from geomonitor.monitor.admission import Admission
+from geomonitor.monitor.aftereffect import AfterEffectMeter
 from geomonitor.monitor.budget import OverheadBudget
 from geomonitor.monitor.keys import metric_key
 from geomonitor.monitor.layers import LayerSelector, capture_activations
@@ -91,12 +93,14 @@ class GeometryCallbackBase(pl.Callback):
         self.strict = strict
         self.max_pending = max_pending
         self.budget = OverheadBudget(max_overhead)
+        self._admission = Admission(self.budget)
+        self._meter = AfterEffectMeter()
+        self._dispatch = DispatchCost()
+        self._own = 0.0  # this callback's time on the training thread since the last batch end
         self.errors: dict[str, int] = {}
         self._warned: set[str] = set()
         self._last: dict[str, int] = {}
-        self._deferred: dict[str, int] = {}  # family -> when it was first deferred (order)
-        self._order = itertools.count()
-        self._shown: dict[str, float] = {}
+        self._fresh = False  # a value arrived that the progress bar has not shown yet
         self._latest: dict[str, float] = {}
         self._probe: ProbeSet | None = None
         self._probe_state: dict[str, Any] | None = None
@@ -128,11 +132,11 @@ class GeometryCallbackBase(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
         if self._worker is not None:
-            self._step(trainer, pl_module, by_epoch=False)
+            self._step(trainer, pl_module, batch_idx)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._worker is not None:
-            self._step(trainer, pl_module, by_epoch=True)
+            self._step(trainer, pl_module, None)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._worker is not None:
@@ -192,7 +196,11 @@ class GeometryCallbackBase(pl.Callback):
     def _start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         t0 = time.perf_counter()
         self._draw_probe(trainer, pl_module)
+        self._dispatch.reset()
         self.budget.start()
+        self._admission.start()
+        self._meter.reset()
+        self._own = 0.0
         self.budget.charge_bookkeeping(time.perf_counter() - t0)  # the probe set is ours too
 
     def _draw_probe(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -211,24 +219,33 @@ class GeometryCallbackBase(pl.Callback):
             probe.load_state_dict(self._probe_state)
         self._probe = probe.to(pl_module.device)
 
-    def _step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *, by_epoch: bool) -> None:
-        t0 = time.perf_counter()
+    def _step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+              batch_idx: int | None) -> None:
+        """After a batch (``batch_idx``) or at the end of an epoch (``None``): measure what
+        is due and admitted, log finished background work, and charge the budget for the
+        time taken here, for Lightning's calls of this callback's hooks (DispatchCost) and
+        for the slowdown a measurement leaves in the batches after it (AfterEffectMeter)."""
+        start = time.perf_counter()
+        charge, measured = 0.0, 0.0
+        if batch_idx is not None:  # one period from this hook to the next batch's
+            charge = self._meter.tick(start, self._own, boundary=batch_idx == 0)
+            self._dispatch.maybe_sample(trainer)
+            charge += self._dispatch.per_batch
         step = trainer.global_step
-        due = [f for f in self._families if f.enabled and self._last.get(f.name) != step
-               and (f.name in self._deferred or (f.schedule.due_epoch(trainer.current_epoch)
-                                                 if by_epoch else f.schedule.due_step(step)))]
-        due = self._admit(due)
+        epoch = None if batch_idx is not None else trainer.current_epoch
+        due = self._admission.select(self._families, step, epoch, last=self._last)
         if due:
-            t1 = time.perf_counter()
-            self._measure(trainer, pl_module, due, step)  # charges each measurement itself
-            t0 += time.perf_counter() - t1
+            measured = self._measure(trainer, pl_module, due, step)  # charged there
         self._drain()
-        if not by_epoch:
-            self._show(pl_module)
-        self.budget.charge_bookkeeping(time.perf_counter() - t0)
+        if self._fresh and self.prog_bar:
+            self._show(trainer)
+        own = time.perf_counter() - start
+        self.budget.charge_bookkeeping(charge + own - measured)
+        self._own = own if batch_idx is not None else self._own + own
 
     def _measure(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
-                 due: list[_Family], step: int) -> None:
+                 due: list[_Family], step: int) -> float:
+        """Run the admitted families; returns the seconds charged to them."""
         batch = self._probe.batch if self._probe is not None else None
         forward = self.forward_fn or default_forward
 
@@ -237,6 +254,7 @@ class GeometryCallbackBase(pl.Callback):
                                        lambda: forward(pl_module, batch), reduce=self.reduce)
 
         ctx = Context(trainer, pl_module, step, batch, capture)
+        charged = 0.0
         with preserved_rng(pl_module.device):
             blocked = False
             for i, fam in enumerate(due):
@@ -244,18 +262,22 @@ class GeometryCallbackBase(pl.Callback):
                 # ones after it wait too
                 if blocked or (i and not self.budget.allows(fam.name)):
                     blocked = True
-                    self._defer(fam)
+                    self._admission.defer(fam)
                     continue
                 self._last[fam.name] = step
+                self._meter.disturb()
                 ctx.credit = self.budget.remaining()
                 t0 = time.perf_counter()
                 try:
                     result = fam.run(ctx)
                 except Exception as exc:  # noqa: BLE001 - measurement errors never stop training
-                    self.budget.charge(fam.name, time.perf_counter() - t0)
+                    seconds = time.perf_counter() - t0
+                    charged += seconds
+                    self.budget.charge(fam.name, seconds)
                     self._fail(fam.name, exc, step)
                     continue
                 seconds = time.perf_counter() - t0
+                charged += seconds
                 if isinstance(result, Measurement):
                     self.budget.charge(fam.name, seconds)
                     self._emit(fam.name, step, result)
@@ -265,9 +287,13 @@ class GeometryCallbackBase(pl.Callback):
                     self.budget.charge(fam.name, seconds)
                     self._warn_once(f"{fam.name}/dropped", f"{fam.name} measurement at step "
                                     f"{step} dropped: {self.max_pending} still pending")
+        return charged
 
     def _drain(self) -> None:
-        for step, result, error in self._worker.drain():
+        done = self._worker.drain()
+        if done:
+            self._admission.wake()  # a pending family may be admitted again
+        for step, result, error in done:
             if error is not None:  # the job wrapper itself failed: which family is unknown
                 self.budget.pending.clear()
                 self._fail("worker", error, step)
@@ -294,6 +320,7 @@ class GeometryCallbackBase(pl.Callback):
         except Exception as exc:  # noqa: BLE001 - a failing logger never stops training
             self._fail("logging", exc, step)
         self._latest.update(m.metrics)
+        self._fresh = True
 
     def _fail(self, kind: str, exc: BaseException, step: int) -> None:
         if self.strict:
@@ -309,35 +336,17 @@ class GeometryCallbackBase(pl.Callback):
             self._warned.add(kind)
             warnings.warn(f"{type(self).__name__}: {message}", RuntimeWarning, stacklevel=3)
 
-    def _show(self, pl_module: pl.LightningModule) -> None:
-        # Only new values: Lightning keeps the last progress-bar value between steps, and a
-        # ``log`` call costs about a millisecond, too much to pay on every step.
+    def _show(self, trainer: pl.Trainer) -> None:
+        # Into the dict behind ``trainer.progress_bar_metrics``, which Lightning keeps for
+        # the whole fit and the progress bar reads: nothing to pay on the steps in between
+        # (a value logged with ``pl_module.log(..., on_step=True)`` is processed again by
+        # Lightning on every later step of the epoch).
+        self._fresh = False
+        shown = trainer.progress_bar_metrics
         for name in self.prog_bar:
             value = self._latest.get(f"geometry/{name}")
-            if value is not None and self._shown.get(name) != value:
-                self._shown[name] = value
-                pl_module.log(name, value, prog_bar=True, logger=False, on_step=True,
-                              on_epoch=False, batch_size=1)
-
-    def _admit(self, due: list[_Family]) -> list[_Family]:
-        """The due families the budget lets run now, longest-deferred first; the others stay
-        due (deferred). Once one is refused for lack of credit, the ones after it wait too,
-        so that cheap frequent families cannot starve an expensive one. Without a budget
-        every scheduled measurement runs (background jobs are queued)."""
-        due = sorted(due, key=lambda f: self._deferred.get(f.name, float("inf")))
-        admitted, blocked = [], False
-        for fam in due:
-            if not blocked and self.budget.allows(fam.name):
-                admitted.append(fam)
-                self._deferred.pop(fam.name, None)
-            else:
-                blocked = blocked or fam.name not in self.budget.pending
-                self._defer(fam)
-        return admitted
-
-    def _defer(self, fam: _Family) -> None:
-        """Keep ``fam`` due; its place in the queue is when it was first deferred."""
-        self._deferred.setdefault(fam.name, next(self._order))
+            if value is not None:
+                shown[name] = value
 
     def _close_families(self) -> None:
         for fam in self._families:
@@ -351,6 +360,7 @@ class GeometryCallbackBase(pl.Callback):
         # (all of it without a budget); what is left then is cancelled.
         worker, self._worker = self._worker, None
         cancelled = worker.cancelled
+        self.budget.charge_bookkeeping(self._meter.flush())
         try:
             credit = self.budget.remaining() if wait else None
             worker.close(wait=wait, timeout=30.0 if credit is None else max(0.0, credit))

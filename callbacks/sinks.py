@@ -81,7 +81,7 @@ class TrainerSink:
         for logger in self.trainer.loggers:
             logger.log_metrics(clean, step=step)
         for k, v in clean.items():
-            self.trainer.callback_metrics[k] = torch.tensor(v)
+            self.trainer.callback_metrics[k] = torch.tensor(v, dtype=torch.float64)
 
     # -- W&B media --------------------------------------------------------------------------
     def log_diagram(self, key: str, diagrams: Sequence[np.ndarray], step: int) -> None:

@@ -163,34 +163,6 @@ def test_waiting_on_the_child_is_not_charged_but_its_cpu_time_is():
     assert steps == [1, 2, 3] and mon.budget.spent >= 0.75 and mon.budget.cost["topology"] >= 0.25
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.t = 0.0
-
-    def __call__(self) -> float:
-        return self.t
-
-
-def test_admission_is_longest_deferred_first_and_cheap_families_do_not_overtake():
-    from geomonitor.monitor.budget import OverheadBudget
-
-    mon = GeometryMonitor(layers=["fc1"], prog_bar=None)
-    fams = {f.name: f for f in mon._families}
-    sharp, ident = fams["sharpness"], fams["id"]
-    clock = _Clock()
-    mon.budget = OverheadBudget(0.1, clock=clock)
-    mon.budget.start()
-    mon.budget.charge("sharpness", 1.0)
-    mon.budget.charge("id", 0.1)
-    clock.t = 10.5  # credit = 0.1 * (10.5 - 1.1) - 1.1 = -0.16
-    assert mon._admit([sharp]) == []
-    clock.t = 13.5  # credit = 0.14: enough for id (0.1), not for sharpness (1.0)
-    assert mon._admit([ident, sharp]) == []  # sharpness waited longer: id queues behind it
-    assert list(mon._deferred) == ["sharpness", "id"]
-    clock.t = 23.5  # credit = 1.14
-    assert mon._admit([ident, sharp]) == [sharp, ident] and mon._deferred == {}
-
-
 def test_at_the_end_of_fit_pending_work_is_cancelled_within_the_budget():
     mon, ripser, steps, messages, wall = _topology_fit(1.0, delay=30.0, max_steps=4)
     assert steps == [] and ripser.calls == 0 and wall < 10.0  # did not wait the 30 s
@@ -216,6 +188,52 @@ def test_per_step_bookkeeping_is_charged_even_when_nothing_is_measured():
                          enable_checkpointing=False)
     trainer.fit(_Net(), torch.utils.data.DataLoader(data, batch_size=4))
     assert mon.budget.cost == {} and 0.0 < mon.budget.spent < 0.5
+    # Lightning's calls of the callback's hooks are charged on every batch
+    assert mon._dispatch.per_batch > 0.0 and mon.budget.spent > 30 * mon._dispatch.per_batch
+
+
+class _SlowAfter(_Net):
+    """Sleeps in the next ``slow_left`` training steps: a stand-in for the slower steps after a
+    measurement (evicted caches), ``pause`` seconds each."""
+
+    slow_left, pause = 0, 0.005
+
+    def training_step(self, batch, batch_idx):
+        if self.slow_left:
+            self.slow_left -= 1
+            time.sleep(self.pause)
+        return super().training_step(batch, batch_idx)
+
+
+def _after_effect_fit(slow_steps):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(256, 4, generator=g)
+    data = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
+    mon = GeometryMonitor(layers=["fc1"], probe_size=32, id_every_n_steps=None,
+                          sharpness_every_n_steps=None, topology_every_n_epochs=None,
+                          np_every_n_steps=20, np_every_n_epochs=None, prog_bar=None,
+                          max_overhead=None)
+    fam = mon._families[0]
+    run = fam.run
+
+    def slowing(ctx):
+        ctx.pl_module.slow_left = slow_steps
+        return run(ctx)
+
+    fam.run = slowing
+    trainer = pl.Trainer(max_steps=60, logger=False, callbacks=[mon], accelerator="cpu",
+                         enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False)
+    trainer.fit(_SlowAfter(), torch.utils.data.DataLoader(data, batch_size=4))
+    return mon
+
+
+def test_steps_slowed_after_a_measurement_are_charged_to_the_budget():
+    # measurements at steps 20, 40 and 60; each of the first two slows the next 3 steps by
+    # 5 ms (the steps after 60 never run): 30 ms more than the same fit without the slowdown
+    slow, control = _after_effect_fit(3), _after_effect_fit(0)
+    assert 0.015 < slow._meter.charged - control._meter.charged < 0.1
+    assert slow.budget.spent > slow._meter.charged
 
 
 def test_the_childs_start_up_is_charged_once_and_not_as_the_familys_cost():

@@ -166,3 +166,18 @@ def test_strict_reraises_the_measurement_error(tmp_path):
     with pytest.raises(TypeError, match="must return a scalar loss tensor"):
         _fit(mon, [], tmp_path)
     assert mon._worker is None  # closed by on_exception
+
+
+def test_the_progress_bar_shows_the_chosen_metrics(tmp_path):
+    monitor = _monitor(prog_bar=["eos_ratio"], id_every_n_steps=None,
+                       topology_every_n_epochs=None, np_every_n_epochs=None)
+    model = _Net()
+    trainer = pl.Trainer(max_steps=6, logger=False, callbacks=[monitor], accelerator="cpu",
+                         enable_model_summary=False, enable_checkpointing=False,
+                         default_root_dir=tmp_path)
+    trainer.fit(model, torch.utils.data.DataLoader(_data(), batch_size=16))
+    shown = trainer.progress_bar_callback.get_metrics(trainer, model)
+    assert "eos_ratio" in shown and "sharpness" not in shown
+    assert shown["eos_ratio"] == float(trainer.callback_metrics["geometry/eos_ratio"])
+    x, y = _data()[monitor.probe.indices]
+    assert shown["eos_ratio"] == pytest.approx(_dense_sharpness(model, x, y) * LR / 2, rel=1e-4)
