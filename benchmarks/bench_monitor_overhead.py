@@ -11,6 +11,11 @@ thread count in ``--threads``.
 * CPU time: the same rounds, counted as CPU seconds of the training process (all its
   threads) and of its reaped children (the giotto-ph process): time the VM's neighbours take
   from it does not count, so this is the steadier measure of the monitor's extra work.
+* Paired (``--paired R``, one torch thread): the machine's speed also drifts between its two
+  CPUs and within seconds, so two processes pinned to one CPU each run the same fit at the
+  same time, one without and one with the monitor, and swap CPUs every round: the overhead
+  is the median (and quartiles) of the ``R`` per-round ratios, and the median of the means of
+  each two consecutive rounds (one on each CPU).
 * Cold start and memory: ``--cold`` fresh processes per run (imports, lazy initialisations
   and the giotto-ph child's start included), alternating; median fit wall time, peak RSS of
   the training process and of its largest child (the giotto-ph process).
@@ -19,12 +24,14 @@ thread count in ``--threads``.
   ``budget.spent / fit time``.
 
     python benchmarks/bench_monitor_overhead.py --epochs 20 --repeats 15 --cold 3 --threads 1 2
+    python benchmarks/bench_monitor_overhead.py --epochs 200 --paired 30 --threads 1 --modes off on
     python benchmarks/bench_monitor_overhead.py --accelerator gpu ...   # also peak GPU memory
 """
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing as mp
 import os
 import platform
 import resource
@@ -35,7 +42,7 @@ import time
 import warnings
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MODES = {"off": "without monitor", "on": "`GeometryMonitor()` defaults (`max_overhead=0.05`)",
+MODES = {"off": "without monitor", "on": "`GeometryMonitor()` defaults (`max_overhead=0.04`)",
          "fixed": "`GeometryMonitor(max_overhead=None)`: every scheduled measurement"}
 
 
@@ -130,18 +137,77 @@ def _quartiles(xs: list[float]) -> tuple[float, float, float]:
 
 
 def _warm(args: argparse.Namespace) -> tuple[dict, dict]:
-    walls: dict[str, list[dict]] = {m: [] for m in MODES}
-    timings: dict[str, dict] = {m: {} for m in MODES if m != "off"}
-    for mode in MODES:
+    walls: dict[str, list[dict]] = {m: [] for m in args.modes}
+    timings: dict[str, dict] = {m: {} for m in args.modes if m != "off"}
+    for mode in args.modes:
         _fit(mode, 1, accelerator=args.accelerator)
     for _ in range(args.repeats):
-        for mode in MODES:
+        for mode in args.modes:
             per_fit: dict = {}
             walls[mode].append(_fit(mode, args.epochs, per_fit if mode != "off" else None,
                                     args.accelerator))
             for k, v in per_fit.items():
                 timings[mode].setdefault(k, []).append(v)
     return walls, timings
+
+
+def _pair_worker(cpu: int, modes: list[str], epochs: int, barrier: object, results: object) -> None:
+    os.sched_setaffinity(0, {cpu})
+    warnings.filterwarnings("ignore")
+    import logging
+
+    import pytorch_lightning  # noqa: F401 - configures its loggers on import
+    import torch
+
+    for name in ("pytorch_lightning", "lightning.pytorch"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+    torch.set_num_threads(1)
+    for mode in sorted(set(modes)):
+        _fit(mode, 1)
+    for i, mode in enumerate(modes):
+        barrier.wait()
+        results.put((i, mode, cpu, _fit(mode, epochs)))
+
+
+def _paired(args: argparse.Namespace, mode: str) -> list[tuple[dict, dict]]:
+    """``args.paired`` rounds of (without monitor, ``mode``) run at the same time on CPUs 0
+    and 1, swapping CPUs every round; returns (off, mode) fit results per round."""
+    rounds = args.paired
+    plan = {0: ["off" if r % 2 == 0 else mode for r in range(rounds)],
+            1: [mode if r % 2 == 0 else "off" for r in range(rounds)]}
+    ctx = mp.get_context("spawn")
+    barrier, results = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_pair_worker, args=(cpu, plan[cpu], args.epochs, barrier, results))
+             for cpu in (0, 1)]
+    for proc in procs:
+        proc.start()
+    got: dict[int, dict[str, dict]] = {}
+    for _ in range(2 * rounds):
+        i, m, _cpu, out = results.get()
+        got.setdefault(i, {})[m] = out
+        if len(got[i]) == 2:
+            print(f"paired round {i}: off {got[i]['off']['wall']:.3f} s, {m if m != 'off' else mode} "
+                  f"{got[i][mode]['wall']:.3f} s", file=sys.stderr, flush=True)
+    for proc in procs:
+        proc.join()
+    return [(got[i]["off"], got[i][mode]) for i in range(rounds)]
+
+
+def _report_paired(args: argparse.Namespace, pairs: dict[str, list[tuple[dict, dict]]]) -> None:
+    print(f"\n## paired: {args.paired} rounds, two processes pinned to CPUs 0 and 1 at the same time "
+          f"(one torch thread each), swapping CPUs every round, {args.epochs} epochs\n")
+    print("| run | fit wall without monitor, median (s) | wall overhead: median [quartiles] of rounds "
+          "| median of two-round means (one per CPU) | monitor's own time / fit |")
+    print("|---|---|---|---|---|")
+    for mode, rounds in pairs.items():
+        ratios = [100 * (on["wall"] / off["wall"] - 1) for off, on in rounds]
+        lo, mid, hi = _quartiles(ratios)
+        means = [(a + b) / 2 for a, b in zip(ratios[::2], ratios[1::2])]
+        own = statistics.median(100 * on["spent"] / on["wall"] for _, on in rounds)
+        print(f"| {MODES[mode]} | {statistics.median(off['wall'] for off, _ in rounds):.3f} | "
+              f"{mid:+.1f}% [{lo:+.1f}, {hi:+.1f}] | "
+              f"{statistics.median(means) if means else float('nan'):+.1f}% | {own:.1f}% |")
 
 
 def _report(threads: int, args: argparse.Namespace, walls: dict, timings: dict, cold: dict) -> None:
@@ -155,7 +221,7 @@ def _report(threads: int, args: argparse.Namespace, walls: dict, timings: dict, 
     print("|---|---|---|---|---|---|---|---|---|")
     cold_off = statistics.median(r["wall"] for r in cold["off"])
     rss_off = statistics.median(r["rss"] for r in cold["off"])
-    for mode, label in MODES.items():
+    for mode, label in ((m, MODES[m]) for m in args.modes):
         ratios = [100 * (a["wall"] / b["wall"] - 1) for a, b in zip(walls[mode], walls["off"])]
         lo, mid, hi = _quartiles(ratios)
         clo, cmid, chi = _quartiles([100 * (a["cpu"] / b["cpu"] - 1)
@@ -172,11 +238,11 @@ def _report(threads: int, args: argparse.Namespace, walls: dict, timings: dict, 
               f"| {child:.0f} / {pss:.0f} |")
     if args.accelerator == "gpu":
         gpu_off = statistics.median(r["gpu"] for r in cold["off"])
-        for mode, label in MODES.items():
+        for mode, label in ((m, MODES[m]) for m in args.modes):
             gpu = statistics.median(r["gpu"] for r in cold[mode])
             print(f"\npeak GPU memory allocated, {label}: {gpu:.1f} MiB "
                   f"({100 * (gpu / gpu_off - 1):+.1f}%)")
-    for mode in ("on", "fixed"):
+    for mode in (m for m in args.modes if m != "off"):
         print(f"\n| family part, {MODES[mode]} | measurements per fit (median) | median ms each |")
         print("|---|---|---|")
         for k in sorted(timings[mode]):
@@ -193,8 +259,15 @@ def main() -> None:
     p.add_argument("--cold", type=int, default=3)
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--accelerator", choices=["cpu", "gpu"], default="cpu")
+    p.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES),
+                   help="runs to compare (off is always included)")
+    p.add_argument("--paired", type=int, default=0, metavar="R",
+                   help="also R concurrent pinned rounds per mode (one torch thread, 2+ CPUs)")
     p.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     args = p.parse_args()
+    args.modes = ["off"] + [m for m in args.modes if m != "off"]
+    if args.paired and (args.accelerator != "cpu" or (os.cpu_count() or 1) < 2):
+        p.error("--paired needs the CPU accelerator and at least 2 CPUs")
     warnings.filterwarnings("ignore")
     import logging
 
@@ -213,10 +286,12 @@ def main() -> None:
           f"accelerator {args.accelerator}"
           + (f" ({torch.cuda.get_device_name()})" if args.accelerator == "gpu" else ""))
     env = dict(os.environ, WANDB_MODE="offline", PYTHONWARNINGS="ignore")
-    for threads in args.threads:
-        cold: dict[str, list[dict]] = {m: [] for m in MODES}
+    if args.paired:
+        _report_paired(args, {m: _paired(args, m) for m in args.modes if m != "off"})
+    for threads in args.threads if args.repeats and args.cold else ():  # the alternating runs
+        cold: dict[str, list[dict]] = {m: [] for m in args.modes}
         for _ in range(args.cold):
-            for mode in MODES:
+            for mode in args.modes:
                 out = subprocess.run([sys.executable, __file__, "--worker", mode, "--epochs",
                                       str(args.epochs), "--threads", str(threads),
                                       "--accelerator", args.accelerator], env=env,
