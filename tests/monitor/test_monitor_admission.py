@@ -34,6 +34,16 @@ class _CountingBudget(OverheadBudget):
         return super().allows(name)
 
 
+def _started(fraction, budget_type=OverheadBudget):
+    """A scripted clock, a started budget of ``fraction`` on it and a started Admission."""
+    clock = _Clock()
+    budget = budget_type(fraction, clock=clock)
+    adm = Admission(budget, clock=clock)
+    budget.start()
+    adm.start()
+    return clock, budget, adm
+
+
 @pytest.mark.parametrize("periods", [(1,), (3, 4), (2, 5, 7), (6, 6, 9)])
 def test_without_a_budget_the_steps_selected_are_the_due_steps(periods):
     fams = [_Fam(f"f{i}", n) for i, n in enumerate(periods)]
@@ -65,12 +75,8 @@ def test_epoch_checks_use_the_epoch_schedule_and_the_last_step():
 
 
 def test_admission_is_longest_deferred_first_and_cheap_families_do_not_overtake():
-    clock = _Clock()
-    budget = OverheadBudget(0.1, clock=clock)
-    adm = Admission(budget, clock=clock)
+    clock, budget, adm = _started(0.1)
     sharp, ident = _Fam("sharpness", 1), _Fam("id", 1)
-    budget.start()
-    adm.start()
     budget.charge("sharpness", 1.0)
     budget.charge("id", 0.1)
     clock.t = 10.5  # credit = 0.1 * (10.5 - 1.1) - 1.1 = -0.16
@@ -83,12 +89,8 @@ def test_admission_is_longest_deferred_first_and_cheap_families_do_not_overtake(
 
 
 def test_the_queue_is_rechecked_exactly_when_the_budget_can_admit_its_head():
-    clock = _Clock()
-    budget = _CountingBudget(0.1, clock=clock)
-    adm = Admission(budget, clock=clock)
+    clock, budget, adm = _started(0.1, _CountingBudget)
     fam = _Fam("sharpness", 1000)
-    budget.start()
-    adm.start()
     budget.charge("sharpness", 1.0)
     clock.t = 5.0
     assert adm.select([fam], 1000) == [] and budget.asked == ["sharpness"]
@@ -106,12 +108,8 @@ def test_the_queue_is_rechecked_exactly_when_the_budget_can_admit_its_head():
 
 
 def test_a_pending_family_waits_for_wake_not_for_the_clock():
-    clock = _Clock()
-    budget = OverheadBudget(0.5, clock=clock)
-    adm = Admission(budget, clock=clock)
+    clock, budget, adm = _started(0.5)
     fam = _Fam("topology", 1000)
-    budget.start()
-    adm.start()
     budget.charge("topology", 0.01, pending=True)
     clock.t = 100.0
     assert adm.select([fam], 1000) == [] and budget.ready_at("topology") == math.inf
@@ -122,11 +120,7 @@ def test_a_pending_family_waits_for_wake_not_for_the_clock():
 
 
 def test_start_empties_the_queue():
-    clock = _Clock()
-    budget = OverheadBudget(0.1, clock=clock)
-    adm = Admission(budget, clock=clock)
-    budget.start()
-    adm.start()
+    _, budget, adm = _started(0.1)
     budget.charge("id", 1.0)
     assert adm.select([_Fam("id", 1)], 1) == [] and adm.queue
     adm.start()
