@@ -26,13 +26,11 @@ Guarantees:
 from __future__ import annotations
 
 import contextlib
-import random
 import time
 import warnings
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
@@ -47,23 +45,11 @@ from geomonitor.monitor.keys import metric_key
 from geomonitor.monitor.layers import LayerSelector, capture_activations
 from geomonitor.monitor.probe import ProbeSet
 from geomonitor.monitor.worker import BackgroundWorker
+from geomonitor.sharpness.isolation import preserved_rng
 
 __all__ = ["GeometryCallbackBase"]
 
 _STATE_VERSION = 1
-
-
-@contextlib.contextmanager
-def preserved_rng(device: torch.device) -> Iterator[None]:
-    """Restore the torch (CPU and ``device``), numpy and Python RNG states on exit."""
-    np_state, py_state = np.random.get_state(), random.getstate()
-    devices = [device] if device.type == "cuda" else []
-    try:
-        with torch.random.fork_rng(devices=devices):
-            yield
-    finally:
-        np.random.set_state(np_state)
-        random.setstate(py_state)
 
 
 class GeometryCallbackBase(pl.Callback):
@@ -255,7 +241,7 @@ class GeometryCallbackBase(pl.Callback):
 
         ctx = Context(trainer, pl_module, step, batch, capture)
         charged = 0.0
-        with preserved_rng(pl_module.device):
+        with preserved_rng([pl_module.device] if pl_module.device.type == "cuda" else []):
             blocked = False
             for i, fam in enumerate(due):
                 # the measurements before it were charged: ask again, and if refused, the
@@ -370,6 +356,12 @@ class GeometryCallbackBase(pl.Callback):
         if wait and cancelled:
             self._warn_once("cancelled", f"{cancelled} background measurement(s) still pending at "
                             "the end of fit cancelled, to stay within max_overhead")
+        starved = self.budget.starved()
+        if wait and log and starved:
+            self._warn_once("starved", f"no {', '.join(starved)} measurement fitted in "
+                            f"max_overhead={self.budget.fraction:g} of this training, which was too "
+                            "short for it: raise max_overhead, or set it to None to measure on "
+                            "schedule")
         if log:
             self._worker = worker  # _drain reads self._worker
             try:

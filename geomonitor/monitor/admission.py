@@ -86,8 +86,8 @@ class Admission:
         """
         by_epoch = epoch is not None
         if not by_epoch and step < self._next_step and (not self.queue or self._clock() < self._retry_at):
-            for name in self.queue:  # each waited one more step
-                self.budget.deferred[name] = self.budget.deferred.get(name, 0) + 1
+            for name in self.queue:
+                self.budget.count_wait(name)
             return []
         last = last or {}
         due = [f for f in families if f.enabled and last.get(f.name) != step and (

@@ -9,12 +9,16 @@ Schedules say when a measurement is *due*; the budget says whether it may run *n
 (what the monitor may still spend, counting everything it spent as time taken from
 training). A due measurement of family ``f`` runs only if
 
-    credit >= cost[f]                     (cost[f]: the last observed cost of ``f``)
-    credit >= max(cost.values(), 0)       (``f`` never measured: its cost is unknown)
+    credit >= cost[f]                              (cost[f]: the last observed cost of ``f``)
+    credit >= max(cost.values(), first_cost)       (``f`` never measured: its cost is unknown)
 
 so a family's first measurement waits until the credit covers the costliest measurement seen
-so far, and the monitor overshoots its fraction by at most the first measurement of each
-family (their costs are unknown until they have run) and background parts still pending. A measurement with a background part is *pending* until that part is
+so far, and at least ``first_cost`` (0.02 s by default: on the quickstart MLP, 2-core VM, a
+first measurement took 4 ms (TwoNN, neural persistence) to 25 ms (persistence of three
+layers) and 40 ms (sharpness from a random start)). The monitor overshoots its fraction by at
+most what the first measurement of each family costs beyond that (costs are unknown until
+they have run) and background parts still pending; a training too short to earn
+``first_cost`` is not measured at all. A measurement with a background part is *pending* until that part is
 charged: meanwhile its family is not admitted again. The background part is charged as CPU time: that of the
 thread that ran it (``time.thread_time``, so time it spent blocked is not counted) plus that
 of any child process working for it. Both are charged as if taken from training, which is
@@ -54,23 +58,30 @@ class OverheadBudget:
 
     Args:
         fraction: allowed overhead, in (0, 1]; ``None`` admits everything.
+        first_cost: seconds of credit a never-measured family needs at least (>= 0).
         clock: seconds as a float, monotonic (default ``time.perf_counter``).
 
     Raises:
-        ValueError: ``fraction`` not None and not in (0, 1].
+        ValueError: ``fraction`` not None and not in (0, 1]; ``first_cost`` negative or
+            not a number.
     """
 
-    def __init__(self, fraction: float | None, *, clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(self, fraction: float | None, *, first_cost: float = 0.02,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
         if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float))
                                      or not 0.0 < fraction <= 1.0):
             raise ValueError(f"max_overhead must be a number in (0, 1] or None, got {fraction!r}")
+        if isinstance(first_cost, bool) or not isinstance(first_cost, (int, float)) or not first_cost >= 0:
+            raise ValueError(f"first_cost must be a number of seconds >= 0, got {first_cost!r}")
         self.fraction = None if fraction is None else float(fraction)
+        self.first_cost = float(first_cost)
         self._clock = clock
         self._t0: float | None = None
         self.spent = 0.0
         self.cost: dict[str, float] = {}
         self.pending: set[str] = set()
-        self.deferred: dict[str, int] = {}
+        self.deferred: dict[str, int] = {}  # steps a due measurement waited, all fits
+        self._waited: set[str] = set()  # families that waited in this fit
 
     def start(self) -> None:
         """Start the training clock (call at the start of training); resets the accounts."""
@@ -78,21 +89,27 @@ class OverheadBudget:
         self.spent = 0.0
         self.cost.clear()
         self.pending.clear()
+        self._waited.clear()
 
     def allows(self, name: str) -> bool:
         """Whether a measurement of ``name`` may run now; counts a deferral when not."""
         credit = self.remaining()
         if credit is None:
             return True
-        if name in self.pending:
-            ok = False
-        elif name in self.cost:
-            ok = credit >= self.cost[name]
-        else:  # never measured: its cost is unknown
-            ok = credit >= max(self.cost.values(), default=0.0)
+        ok = name not in self.pending and credit >= self._need(name)
         if not ok:
-            self.deferred[name] = self.deferred.get(name, 0) + 1
+            self.count_wait(name)
         return ok
+
+    def count_wait(self, name: str) -> None:
+        """A due measurement of ``name`` waited one more step (``deferred[name] += 1``)."""
+        self.deferred[name] = self.deferred.get(name, 0) + 1
+        self._waited.add(name)
+
+    def starved(self) -> list[str]:
+        """Families that waited since :meth:`start` and never ran: the training was too
+        short for them at this fraction."""
+        return sorted(self._waited.difference(self.cost))
 
     def ready_at(self, name: str) -> float:
         """The clock time from which :meth:`allows` admits ``name`` if nothing more is spent
@@ -101,15 +118,20 @@ class OverheadBudget:
             fraction * (t - t0 - spent) - spent >= need
             <=>  t >= t0 + spent + (need + spent) / fraction
 
-        with ``need`` the family's cost, or the costliest known cost for a family never
-        measured. ``-inf`` without a budget or before :meth:`start` (always admitted),
-        ``inf`` while ``name`` is pending (its background part decides, not the clock)."""
+        with ``need`` the family's cost, or for a family never measured the costliest known
+        cost and at least ``first_cost``. ``-inf`` without a budget or before :meth:`start`
+        (always admitted), ``inf`` while ``name`` is pending (its background part decides,
+        not the clock)."""
         if self.fraction is None or self._t0 is None:
             return -math.inf
         if name in self.pending:
             return math.inf
-        need = self.cost[name] if name in self.cost else max(self.cost.values(), default=0.0)
-        return self._t0 + self.spent + (need + self.spent) / self.fraction
+        return self._t0 + self.spent + (self._need(name) + self.spent) / self.fraction
+
+    def _need(self, name: str) -> float:
+        if name in self.cost:
+            return self.cost[name]
+        return max([self.first_cost, *self.cost.values()])  # never measured: cost unknown
 
     def remaining(self) -> float | None:
         """The credit, ``fraction * (elapsed - spent) - spent`` (may be negative after a

@@ -38,12 +38,12 @@ from __future__ import annotations
 
 import contextlib
 import random
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["isolated", "measurement_mode", "unwrap"]
+__all__ = ["isolated", "measurement_mode", "preserved_rng", "unwrap"]
 
 _DROPOUT = (torch.nn.modules.dropout._DropoutNd,)
 
@@ -81,6 +81,18 @@ def measurement_mode() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def preserved_rng(devices: Sequence[int | torch.device] = ()) -> Iterator[None]:
+    """Restore the torch CPU (and ``devices``' CUDA), numpy and Python RNG states on exit."""
+    np_state, py_state = np.random.get_state(), random.getstate()
+    try:
+        with torch.random.fork_rng(devices=list(devices)):
+            yield
+    finally:
+        np.random.set_state(np_state)
+        random.setstate(py_state)
+
+
+@contextlib.contextmanager
 def isolated(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """Run a measurement on ``model`` and restore everything afterwards (see module doc).
 
@@ -92,10 +104,9 @@ def isolated(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     params = list(module.parameters())
     grads = [(p, p.grad, None if p.grad is None else p.grad.detach().clone()) for p in params]
     versions = [p._version for p in params]
-    py_state, np_state = random.getstate(), np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    devices = range(torch.cuda.device_count()) if torch.cuda.is_available() else ()
     try:
-        with torch.random.fork_rng(devices=devices), measurement_mode():
+        with preserved_rng(devices), measurement_mode():
             for m in module.modules():
                 if isinstance(m, _DROPOUT):
                     m.eval()
@@ -110,8 +121,6 @@ def isolated(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
                 if ref is not None:
                     ref.copy_(saved)
                 p.grad = ref
-        random.setstate(py_state)
-        np.random.set_state(np_state)
     changed = [i for i, (p, v) in enumerate(zip(params, versions)) if p._version != v]
     if changed:
         raise RuntimeError(

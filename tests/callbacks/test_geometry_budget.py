@@ -49,7 +49,7 @@ class _Net(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
-def _fit(max_overhead):
+def _fit(max_overhead, first_cost=0.0):
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 4, generator=g)
     data = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
@@ -57,6 +57,7 @@ def _fit(max_overhead):
                           id_every_n_steps=None, topology_every_n_epochs=None,
                           np_every_n_epochs=None, prog_bar=None, strict=True,
                           max_overhead=max_overhead)
+    mon.budget.first_cost = first_cost  # 0: a first measurement needs no more than credit >= 0
     rec = _Recorder()
     torch.manual_seed(0)
     trainer = pl.Trainer(max_steps=40, logger=rec, callbacks=[mon], accelerator="cpu",
@@ -82,6 +83,21 @@ def test_drawing_the_probe_set_is_charged_before_any_measurement():
     mon, steps = _fit(1e-4)  # 40 steps earn ~10 us of credit: less than drawing the probe set
     assert steps == [] and mon.budget.spent > 0
     assert mon.budget.deferred["sharpness"] >= 40  # asked (and refused) at every step
+
+
+def test_a_training_too_short_for_a_first_measurement_measures_nothing_and_says_so():
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mon, steps = _fit(0.05, first_cost=0.02)  # 40 steps of ~1 ms earn ~2 ms of credit
+    assert steps == [] and mon.budget.starved() == ["sharpness"]
+    assert [str(w.message) for w in caught if "fitted in" in str(w.message)] == [
+        "GeometryMonitor: no sharpness measurement fitted in max_overhead=0.05 of this "
+        "training, which was too short for it: raise max_overhead, or set it to None to "
+        "measure on schedule"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mon, steps = _fit(None)
+    assert steps and not [w for w in caught if "fitted in" in str(w.message)]
 
 
 def test_bad_max_overhead_is_rejected_at_construction():
@@ -125,6 +141,7 @@ class _SlowRipser:
 
 
 def _topology_fit(max_overhead, delay, max_steps=20, cpu=0.0, startup=0.0):
+    # first_cost 0 throughout: these fits are far too short to earn the default 20 ms
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 4, generator=g)
     data = torch.utils.data.TensorDataset(x, x.sum(1, keepdim=True))
@@ -132,6 +149,7 @@ def _topology_fit(max_overhead, delay, max_steps=20, cpu=0.0, startup=0.0):
                           topology_every_n_epochs=None, id_every_n_steps=None,
                           sharpness_every_n_steps=None, np_every_n_epochs=None, prog_bar=None,
                           log_diagrams=False, max_overhead=max_overhead)
+    mon.budget.first_cost = 0.0
     fam = next(f for f in mon._families if f.name == "topology")
     if delay is not None:  # else the real child process
         fam._ripser = _SlowRipser(delay, cpu, startup)

@@ -14,11 +14,35 @@ class _Clock:
         return self.t
 
 
-def test_the_first_measurement_of_a_fit_runs_at_once():
+def test_the_first_measurement_of_a_fit_waits_for_first_cost():
     clock = _Clock()
     b = OverheadBudget(0.1, clock=clock)
     b.start()
-    assert b.remaining() == 0.0 and b.allows("id")  # credit 0 >= largest known cost 0
+    assert b.first_cost == 0.02 and not b.allows("id")  # credit 0 < 0.02
+    clock.t += 0.199  # credit = 0.1 * 0.199 = 0.0199
+    assert not b.allows("id")
+    clock.t += 0.001  # credit = 0.02
+    assert b.allows("id")
+    z = OverheadBudget(0.1, first_cost=0, clock=clock)
+    z.start()
+    assert z.remaining() == 0.0 and z.allows("id")  # credit 0 >= largest known cost 0
+
+
+def test_first_cost_is_a_floor_under_the_costliest_known_cost():
+    clock = _Clock()
+    b = OverheadBudget(0.5, first_cost=0.3, clock=clock)
+    b.start()
+    b.charge("id", 0.1)
+    clock.t += 1.0  # credit = 0.5 * 0.9 - 0.1 = 0.35
+    assert b.allows("id") and b.allows("sharpness")  # 0.35 >= 0.1; 0.35 >= max(0.3, 0.1)
+    b.charge("id", 0.08)  # credit = 0.5 * (1 - 0.18) - 0.18 = 0.23
+    assert b.allows("id") and not b.allows("sharpness")
+
+
+@pytest.mark.parametrize("bad", [-0.01, True, "0.02", float("nan"), None])
+def test_bad_first_cost_is_rejected(bad):
+    with pytest.raises(ValueError, match=r"first_cost must be a number of seconds >= 0, got"):
+        OverheadBudget(0.05, first_cost=bad)
 
 
 def test_an_unknown_family_waits_for_credit_covering_the_costliest_known_one():
@@ -66,7 +90,7 @@ def test_none_admits_everything_and_start_resets():
     b.start()
     b.charge("x", 1e6)
     assert b.allows("x") and b.deferred == {}
-    c = OverheadBudget(0.1, clock=clock)
+    c = OverheadBudget(0.1, first_cost=0.0, clock=clock)
     c.start()
     c.charge("x", 5.0)
     c.start()
@@ -137,3 +161,16 @@ def test_ready_at_without_a_budget_and_while_pending():
     b.start()
     b.charge("topology", 0.1, pending=True)
     assert b.ready_at("topology") == float("inf")
+
+
+def test_starved_lists_families_that_waited_and_never_ran_in_this_fit():
+    clock = _Clock()
+    b = OverheadBudget(0.1, clock=clock)
+    b.start()
+    assert not b.allows("sharpness") and not b.allows("id")  # credit 0 < first_cost
+    b.count_wait("id")
+    assert b.starved() == ["id", "sharpness"] and b.deferred == {"sharpness": 1, "id": 2}
+    b.charge("id", 0.01)
+    assert b.starved() == ["sharpness"]
+    b.start()  # a new fit: nothing waited yet; the counts stay
+    assert b.starved() == [] and b.deferred == {"sharpness": 1, "id": 2}
