@@ -75,7 +75,8 @@ def _fit(mode: str, epochs: int, timings: dict | None = None, accelerator: str =
     cpu = time.process_time() - c0 + (ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime)
     return {"wall": wall, "cpu": cpu, "steps": trainer.global_step, "child_rss": child.get("rss", 0.0),
             "child_pss": child.get("pss", 0.0),
-            "spent": mon.budget.spent if mon is not None else 0.0}
+            "spent": mon.budget.spent if mon is not None else 0.0,
+            "hooks_us": 1e6 * mon._dispatch.per_batch if mon is not None else 0.0}
 
 
 def _record_child_peak(fam, child: dict) -> None:
@@ -198,8 +199,9 @@ def _report_paired(args: argparse.Namespace, pairs: dict[str, list[tuple[dict, d
     print(f"\n## paired: {args.paired} rounds, two processes pinned to CPUs 0 and 1 at the same time "
           f"(one torch thread each), swapping CPUs every round, {args.epochs} epochs\n")
     print("| run | fit wall without monitor, median (s) | wall overhead: median [quartiles] of rounds "
-          "| median of two-round means (one per CPU) | monitor's own time / fit |")
-    print("|---|---|---|---|---|")
+          "| median of two-round means (one per CPU) | monitor's own time / fit "
+          "| Lightning's hook calls, charged per batch (us) |")
+    print("|---|---|---|---|---|---|")
     for mode, rounds in pairs.items():
         ratios = [100 * (on["wall"] / off["wall"] - 1) for off, on in rounds]
         lo, mid, hi = _quartiles(ratios)
@@ -207,7 +209,8 @@ def _report_paired(args: argparse.Namespace, pairs: dict[str, list[tuple[dict, d
         own = statistics.median(100 * on["spent"] / on["wall"] for _, on in rounds)
         print(f"| {MODES[mode]} | {statistics.median(off['wall'] for off, _ in rounds):.3f} | "
               f"{mid:+.1f}% [{lo:+.1f}, {hi:+.1f}] | "
-              f"{statistics.median(means) if means else float('nan'):+.1f}% | {own:.1f}% |")
+              f"{statistics.median(means) if means else float('nan'):+.1f}% | {own:.1f}% | "
+              f"{statistics.median(on['hooks_us'] for _, on in rounds):.1f} |")
 
 
 def _report(threads: int, args: argparse.Namespace, walls: dict, timings: dict, cold: dict) -> None:

@@ -80,6 +80,9 @@ class GeometryMonitor(GeometryCallbackBase):
             :mod:`geomonitor.callbacks._dispatch`) and the slowdown a measurement leaves in
             the batches after it (:class:`geomonitor.monitor.AfterEffectMeter`). The default
             0.04 is one point under a 5% target, for what is estimated rather than timed.
+            A family's first measurement needs 20 ms of credit at least
+            (``monitor.budget.first_cost``); families a training was too short for are
+            named in a warning at the end of fit.
             ``None`` measures exactly on schedule and finishes all pending work
             (reproducible series, e.g. for tests and for DDP, where timing differs per rank).
             Deferrals per family are counted in ``monitor.budget.deferred``.

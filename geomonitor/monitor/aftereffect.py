@@ -3,8 +3,10 @@
 A measurement evicts training's data and code from the CPU caches and branch predictors and
 moves the allocator's free lists around, so the training steps that follow it run slower
 than the steps before it. Timing the measurement itself does not see this. Measured on the
-quickstart MLP (2-core VM, 1.1 ms steps): the first step after a measurement took 30-70%
-longer, the next four up to 25% longer, in all 10-40% of the measurement's own time.
+quickstart MLP (2-core VM, about 1.2 ms steps; ``benchmarks/bench_after_effect.py --loop
+lightning``): the first training step after a measurement took 10-70% longer, and the
+steps after it together 4-22% of the measurement's own time, not counting the data loading
+and the framework's work between steps.
 
 :class:`AfterEffectMeter` times the training steps instead. With ``period`` the wall time
 from one training step's start to the next one's, less the monitor's own (already charged)
