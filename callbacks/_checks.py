@@ -4,20 +4,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from geomonitor._checks import positive_int
 from geomonitor.intrinsic import METHODS as ID_METHODS
 from geomonitor.monitor.layers import REDUCTIONS
 from geomonitor.monitor.schedule import Every
 
 PROG_BAR_FAMILIES = ("sharpness", "eos_ratio", "n_hvp", "id", "ph", "neural_persistence", "errors")
-
-
-def positive_int(name: str, value: Any, *, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        allowed = "a positive int or None" if allow_none else "a positive int"
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-    return value
 
 
 def positive_float(name: str, value: Any) -> float:

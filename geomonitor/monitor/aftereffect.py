@@ -41,13 +41,9 @@ from __future__ import annotations
 
 import statistics
 
+from geomonitor._checks import positive_int
+
 __all__ = ["AfterEffectMeter"]
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 class AfterEffectMeter:
@@ -63,9 +59,9 @@ class AfterEffectMeter:
     """
 
     def __init__(self, window: int = 16, history: int = 32, min_history: int = 4) -> None:
-        self.window = _positive_int("window", window)
-        self.history = _positive_int("history", history)
-        self.min_history = _positive_int("min_history", min_history)
+        self.window = positive_int("window", window)
+        self.history = positive_int("history", history)
+        self.min_history = positive_int("min_history", min_history)
         if min_history > history:
             raise ValueError(f"min_history must be at most history={history}, got {min_history!r}")
         self._ring = [0.0] * history

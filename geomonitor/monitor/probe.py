@@ -45,19 +45,12 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, default_collate
 
+from geomonitor._checks import positive_int
+
 __all__ = ["ProbeSet", "move_to"]
 
 _STATE_VERSION = 1
 _SOURCES = ("dataloader", "iterable", "tensors")
-
-
-def _check_size(value: Any, *, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        allowed = "a positive int or None" if allow_none else "a positive int"
-        raise ValueError(f"size must be {allowed}, got {value!r}")
-    return value
 
 
 def _check_seed(value: Any) -> int:
@@ -181,7 +174,7 @@ class ProbeSet:
             ValueError: bad ``size``/``seed``, no ``dataset`` attribute, an empty dataset or a
                 map-style dataset without ``__len__``.
         """
-        size = _check_size(size)
+        size = positive_int("size", size)
         seed = _check_seed(seed)
         dataset = getattr(dataloader, "dataset", None)
         if dataset is None:
@@ -204,7 +197,7 @@ class ProbeSet:
             ValueError: no tensors, a non-tensor, a 0-d tensor, different first dimensions,
                 zero rows, bad ``size``/``seed``.
         """
-        size = _check_size(size, allow_none=True)
+        size = positive_int("size", size, allow_none=True)
         seed = _check_seed(seed)
         if not tensors:
             raise ValueError("from_tensors needs at least one tensor, got none")

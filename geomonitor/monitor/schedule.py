@@ -20,15 +20,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from geomonitor._checks import positive_int
+
 __all__ = ["Every"]
-
-
-def _check_count(name: str, value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int or None, got {value!r}")
-    return value
 
 
 def _check_index(name: str, value: Any) -> int:
@@ -49,8 +43,8 @@ class Every:
     """
 
     def __init__(self, n_steps: int | None = None, n_epochs: int | None = None) -> None:
-        self.n_steps = _check_count("n_steps", n_steps)
-        self.n_epochs = _check_count("n_epochs", n_epochs)
+        self.n_steps = positive_int("n_steps", n_steps, allow_none=True)
+        self.n_epochs = positive_int("n_epochs", n_epochs, allow_none=True)
         if self.n_steps is None and self.n_epochs is None:
             raise ValueError("Every needs n_steps or n_epochs (a positive int), got n_steps=None "
                              "and n_epochs=None")

@@ -54,6 +54,8 @@ from typing import Any
 
 import torch
 
+from geomonitor._checks import positive_int
+
 __all__ = ["BackgroundWorker"]
 
 _GRACE = 5.0
@@ -76,8 +78,7 @@ class BackgroundWorker:
     """
 
     def __init__(self, max_pending: int = 4, *, interrupt: Callable[[], None] | None = None) -> None:
-        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
-            raise ValueError(f"max_pending must be a positive int, got {max_pending!r}")
+        positive_int("max_pending", max_pending)
         if interrupt is not None and not callable(interrupt):
             raise ValueError(f"interrupt must be a callable or None, got {type(interrupt).__name__}")
         self.max_pending = max_pending
