@@ -1,29 +1,43 @@
 """Metric names: the one place they are built.
 
-Every number the monitors write is named ``geometry/<family>[/<layer>[/<summary>]]``. The
+Every number the monitors write is named ``geometry/<family>[/<layer>][/<summary>]``. The
 names are a contract with dashboards, ``EarlyStopping(monitor=...)``, ``ModelCheckpoint`` and
-the alert rules, so nothing else spells them out by hand.
+the alert rules, so nothing else spells them out by hand. No name is both a leaf and the
+prefix of another (a logger that stores metrics as files, such as MLflow's, cannot hold
+both ``a/b`` and ``a/b/c``), so a family has either leaves or children, never both.
 
-=====================  ======  ========  =============================================
-family                 layer   summary   example
-=====================  ======  ========  =============================================
-``sharpness``          no      no        ``geometry/sharpness``
-``eos_ratio``          no      no        ``geometry/eos_ratio``
-``hessian_trace``      no      no        ``geometry/hessian_trace``
-``n_hvp``              no      no        ``geometry/n_hvp``
-``id``                 yes     no        ``geometry/id/encoder.0``
-``id_profile``         no      no        ``geometry/id_profile``
-``ph``                 yes     yes       ``geometry/ph/fc1/h1_entropy``
-``neural_persistence`` opt.    no        ``geometry/neural_persistence[/fc1]``
-``errors``             no      no        ``geometry/errors``
-=====================  ======  ========  =============================================
+======================  ==========  ==========  ==============================================
+family                  layer       summary     example
+======================  ==========  ==========  ==============================================
+``sharpness``           no          no          ``geometry/sharpness``
+``eos_ratio``           no          no          ``geometry/eos_ratio``
+``hessian_trace``       no          no          ``geometry/hessian_trace``
+``n_hvp``               no          no          ``geometry/n_hvp``
+``id``                  yes         no          ``geometry/id/encoder.0``
+``id_profile``          no          no          ``geometry/id_profile``
+``ph``                  yes         yes         ``geometry/ph/fc1/h1_entropy``
+``neural_persistence``  one of the two          ``geometry/neural_persistence/fc1``, ``.../mean``
+``symmetry``            yes         yes         ``geometry/symmetry/fc1/imbalance``
+``neural_collapse``     yes         yes         ``geometry/neural_collapse/fc2/nc1``
+``connectivity``        no          yes         ``geometry/connectivity/barrier``
+``equivariance``        yes (name)  yes         ``geometry/equivariance/rot90/output``
+``skipped``             yes (fam.)  no          ``geometry/skipped/topology``
+``dropped``             yes (fam.)  no          ``geometry/dropped/topology``
+``errors``              no          no          ``geometry/errors``
+======================  ==========  ==========  ==============================================
 
-Layer names are module names from ``named_modules()`` (dots kept); neither part may be empty
-or contain ``/`` (it would change the name's depth).
+``skipped`` counts the occurrences of a family that the cost cap skipped, ``dropped`` the
+background measurements dropped because too many were pending. For ``neural_persistence``
+the network mean is the summary ``mean`` and a layer may not be called ``mean``.
+
+Layer names are module names from ``named_modules()`` (dots kept); no part may be empty or
+contain ``/`` (it would change the name's depth).
 
 Example:
     >>> metric_key("ph", "fc1", "h1_entropy")
     'geometry/ph/fc1/h1_entropy'
+    >>> metric_key("neural_persistence", summary="mean")
+    'geometry/neural_persistence/mean'
 """
 from __future__ import annotations
 
@@ -34,11 +48,17 @@ PREFIX = "geometry"
 
 #: Every family, in the order of the table above.
 FAMILIES: tuple[str, ...] = ("sharpness", "eos_ratio", "hessian_trace", "n_hvp", "id",
-                             "id_profile", "ph", "neural_persistence", "errors")
+                             "id_profile", "ph", "neural_persistence", "symmetry",
+                             "neural_collapse", "connectivity", "equivariance", "skipped",
+                             "dropped", "errors")
 
-# family -> (layer: "required" | "optional" | "forbidden", summary required?)
-_RULES = {"id": ("required", False), "ph": ("required", True),
-          "neural_persistence": ("optional", False)}
+_REQ, _NO = "required", "forbidden"
+# family -> (layer rule, summary rule); absent: neither. "one": exactly one of the two.
+_RULES = {"id": (_REQ, _NO), "ph": (_REQ, _REQ), "neural_persistence": ("one", "one"),
+          "symmetry": (_REQ, _REQ), "neural_collapse": (_REQ, _REQ),
+          "connectivity": (_NO, _REQ), "equivariance": (_REQ, _REQ),
+          "skipped": (_REQ, _NO), "dropped": (_REQ, _NO)}
+_NP_MEAN = "mean"
 
 
 def _check_part(name: str, value: object) -> str:
@@ -52,9 +72,9 @@ def metric_key(family: str, layer: str | None = None, summary: str | None = None
 
     Args:
         family: one of :data:`FAMILIES`.
-        layer: module name; required for ``id`` and ``ph``, optional for
-            ``neural_persistence``, not allowed otherwise.
-        summary: summary statistic (e.g. ``h1_entropy``); required for ``ph`` only.
+        layer: module name (a transform name for ``equivariance``, a family name for
+            ``skipped``/``dropped``); required or forbidden as the table above says.
+        summary: summary statistic (e.g. ``h1_entropy``); as the table above says.
 
     Raises:
         ValueError: unknown family (the message lists :data:`FAMILIES`), a missing or
@@ -62,15 +82,22 @@ def metric_key(family: str, layer: str | None = None, summary: str | None = None
     """
     if family not in FAMILIES:
         raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
-    layer_rule, needs_summary = _RULES.get(family, ("forbidden", False))
-    if layer is None and layer_rule == "required":
-        raise ValueError(f"family {family!r} needs a layer, got layer=None")
-    if layer is not None and layer_rule == "forbidden":
-        raise ValueError(f"family {family!r} takes no layer, got layer={layer!r}")
-    if summary is None and needs_summary:
-        raise ValueError(f"family {family!r} needs a summary, got summary=None")
-    if summary is not None and not needs_summary:
-        raise ValueError(f"family {family!r} takes no summary, got summary={summary!r}")
+    layer_rule, summary_rule = _RULES.get(family, (_NO, _NO))
+    if layer_rule == "one":
+        if (layer is None) == (summary is None):
+            raise ValueError(f"family {family!r} takes a layer or a summary (exactly one), got "
+                             f"layer={layer!r}, summary={summary!r}")
+        if layer == _NP_MEAN:
+            raise ValueError(f"family {family!r}: a layer may not be called {_NP_MEAN!r} (the "
+                             "network mean's name)")
+        if summary is not None and summary != _NP_MEAN:
+            raise ValueError(f"family {family!r} has the one summary {_NP_MEAN!r}, got {summary!r}")
+    else:
+        for part, value, rule in (("layer", layer, layer_rule), ("summary", summary, summary_rule)):
+            if value is None and rule == _REQ:
+                raise ValueError(f"family {family!r} needs a {part}, got {part}=None")
+            if value is not None and rule == _NO:
+                raise ValueError(f"family {family!r} takes no {part}, got {part}={value!r}")
     parts = [PREFIX, family]
     if layer is not None:
         parts.append(_check_part("layer", layer))
