@@ -1,4 +1,5 @@
-"""Lightning callbacks that stream geomonitor's measurements to the trainer's loggers.
+"""Adapters: Lightning callbacks (``pytorch_lightning`` and ``lightning``), the Hugging Face
+``TrainerCallback``, and the sinks that stream geomonitor's measurements to loggers and W&B.
 
 The callbacks are imported on first access, so ``geomonitor.callbacks.sinks`` stays light.
 """
@@ -16,6 +17,8 @@ _EXPORTS = {
     "GeometryAlerts": "geomonitor.callbacks.alerts",
     "NeuralPersistenceEarlyStopping": "geomonitor.callbacks.early_stopping",
     "TrainerSink": "geomonitor.callbacks.sinks",
+    "WandbSink": "geomonitor.callbacks.sinks",
+    "GeometryTrainerCallback": "geomonitor.callbacks.hf",
 }
 
 __all__ = list(_EXPORTS)

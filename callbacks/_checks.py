@@ -9,7 +9,8 @@ from geomonitor.intrinsic import METHODS as ID_METHODS
 from geomonitor.monitor.layers import REDUCTIONS
 from geomonitor.monitor.schedule import Every
 
-PROG_BAR_FAMILIES = ("sharpness", "eos_ratio", "n_hvp", "id", "ph", "neural_persistence", "errors")
+PROG_BAR_FAMILIES = ("sharpness", "eos_ratio", "n_hvp", "id", "ph", "neural_persistence", "symmetry",
+                     "neural_collapse", "connectivity", "equivariance", "errors")
 
 
 def positive_float(name: str, value: Any) -> float:
@@ -84,6 +85,13 @@ def common(probe_size: Any, probe_seed: Any, data: Any, strict: Any, max_pending
     flag("strict", strict)
     positive_int("max_pending", max_pending)
     return probe_data(data)
+
+
+def max_overhead(value: Any) -> float | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                              or not 0 < value <= 1):
+        raise ValueError(f"max_overhead must be a float in (0, 1] or None, got {value!r}")
+    return value
 
 
 def landmarks(name: str, value: Any) -> int | None:

@@ -28,9 +28,9 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 
+from geomonitor.callbacks._lightning import CALLBACK_BASES
 from geomonitor.callbacks.sinks import TrainerSink
 from geomonitor.monitor.keys import PREFIX, metric_key
 from geomonitor.monitor.alerts import (Alert, EdgeOfStability, GradNormExplosion, LossSpike,
@@ -60,7 +60,7 @@ def _loss_from_outputs(outputs: Any) -> float | None:
     return None  # manual optimisation without a returned loss: nothing to check
 
 
-class GeometryAlerts(pl.Callback):
+class GeometryAlerts(*CALLBACK_BASES):
     """Raise alerts (and optionally stop) when training turns unstable.
 
     Args:
@@ -125,7 +125,7 @@ class GeometryAlerts(pl.Callback):
         return [r for r in self.rules if isinstance(r, cls)]
 
     # -- Lightning hooks --------------------------------------------------------------------
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         if self.check_activations and not self._hooks:
             def hook(_module: Any, _inp: Any, out: Any) -> None:
                 if isinstance(out, torch.Tensor) and out.is_floating_point():
@@ -135,19 +135,19 @@ class GeometryAlerts(pl.Callback):
                 if next(module.children(), None) is None:
                     self._hooks.append(module.register_forward_hook(hook))
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_fit_end(self, trainer: Any, pl_module: Any) -> None:
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
 
-    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule,
+    def on_before_optimizer_step(self, trainer: Any, pl_module: Any,
                                  optimizer: torch.optim.Optimizer) -> None:
         grads = [p.grad.detach() for p in pl_module.parameters() if p.grad is not None]
         if grads:
             self._grad_norm = torch.linalg.vector_norm(
                 torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         found: list[Alert] = []
@@ -169,7 +169,7 @@ class GeometryAlerts(pl.Callback):
         found += self._geometry(trainer, step)
         self._handle(trainer, found)
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         self._handle(trainer, self._geometry(trainer, trainer.global_step))
 
     # -- geometry from callback_metrics -------------------------------------------------------
@@ -181,7 +181,7 @@ class GeometryAlerts(pl.Callback):
         self._last_seen[key] = v
         return v
 
-    def _geometry(self, trainer: pl.Trainer, step: int) -> list[Alert]:
+    def _geometry(self, trainer: Any, step: int) -> list[Alert]:
         metrics = trainer.callback_metrics
         found: list[Alert] = []
         if EOS_KEY in metrics and (v := self._changed(EOS_KEY, metrics[EOS_KEY])) is not None:
@@ -195,7 +195,7 @@ class GeometryAlerts(pl.Callback):
         return found
 
     # -- delivery and actions -----------------------------------------------------------------
-    def _handle(self, trainer: pl.Trainer, found: list[Alert]) -> None:
+    def _handle(self, trainer: Any, found: list[Alert]) -> None:
         sink = TrainerSink(trainer)
         stop = ckpt = None
         for alert in found:

@@ -9,10 +9,13 @@ counter, else count; stop when the counter reaches the patience ``g``. No valida
 needed: the criterion reads the weights only.
 
 :class:`NeuralPersistenceEarlyStopping` is Lightning's ``EarlyStopping`` with
-``monitor="geometry/neural_persistence"`` and ``mode="max"``: at every training-epoch end it
-computes the value with :func:`geomonitor.topology.neural_persistence_network`, logs it (and
-the per-layer values under ``geometry/neural_persistence/<layer>``) through
-:class:`TrainerSink` -- which also puts it in ``trainer.callback_metrics`` -- and then runs the
+``monitor="geometry/neural_persistence/mean"`` and ``mode="max"``: at every training-epoch end
+it computes the value with
+:func:`geomonitor.monitor.families.neural_persistence.neural_persistence_metrics` -- the one
+definition the monitor's neural-persistence family uses too (Linear, Conv and Hugging Face
+``Conv1D`` layers) -- logs it (and the per-layer values under
+``geometry/neural_persistence/<layer>``) through :class:`TrainerSink` -- which also puts it
+in ``trainer.callback_metrics`` -- and then runs the
 parent's check, so patience, ``min_delta``, ``stopping_threshold``, ``check_finite``,
 ``verbose``, the DDP-consistent stop decision and the checkpointed state are Lightning's own.
 
@@ -39,24 +42,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import pytorch_lightning as pl
-from pytorch_lightning.callbacks import EarlyStopping
-
+from geomonitor.callbacks._lightning import EARLY_STOPPING_BASES
 from geomonitor.callbacks.sinks import TrainerSink
+from geomonitor.monitor.families.neural_persistence import neural_persistence_metrics
 from geomonitor.monitor.keys import metric_key
 
 __all__ = ["NeuralPersistenceEarlyStopping", "NP_KEY"]
 
-NP_KEY = metric_key("neural_persistence")
+NP_KEY = metric_key("neural_persistence", summary="mean")
 
 
-def _default_measure(model: Any) -> Any:
-    from geomonitor.topology import neural_persistence_network
-
-    return neural_persistence_network(model)
-
-
-class NeuralPersistenceEarlyStopping(EarlyStopping):
+class NeuralPersistenceEarlyStopping(*EARLY_STOPPING_BASES):
     """Lightning ``EarlyStopping`` on the mean normalised neural persistence (Rieck et al. 2019).
 
     Args:
@@ -64,8 +60,9 @@ class NeuralPersistenceEarlyStopping(EarlyStopping):
         min_delta: an improvement is ``NP > best + min_delta`` (Algorithm 2's ``delta_min``; >= 0).
         burn_in: epochs at the start during which the value is logged but not checked (>= 0).
         log_per_layer: also log ``geometry/neural_persistence/<layer>``.
-        measure: ``model -> result`` with fields ``mean`` and ``per_layer``; default
-            :func:`geomonitor.topology.neural_persistence_network` on the LightningModule.
+        measure: ``model -> {key: value}`` with :data:`NP_KEY`; default
+            :func:`~geomonitor.monitor.families.neural_persistence.neural_persistence_metrics`
+            on the LightningModule.
         verbose, check_finite, stopping_threshold, divergence_threshold, log_rank_zero_only:
             as in ``EarlyStopping``.
     """
@@ -89,16 +86,14 @@ class NeuralPersistenceEarlyStopping(EarlyStopping):
                          check_on_train_epoch_end=True, log_rank_zero_only=log_rank_zero_only)
         self.burn_in = burn_in
         self.log_per_layer = bool(log_per_layer)
-        self.measure = measure or _default_measure
+        self.measure = measure or neural_persistence_metrics
         self.history: list[float] = []  # one value per epoch (bounded by max_epochs)
 
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        result = self.measure(pl_module)
-        value = float(result.mean)
-        self.history.append(value)
-        metrics = {NP_KEY: value}
-        if self.log_per_layer:
-            metrics.update({f"{NP_KEY}/{name}": float(v) for name, v in result.per_layer.items()})
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        metrics = dict(self.measure(pl_module))
+        self.history.append(float(metrics[NP_KEY]))
+        if not self.log_per_layer:
+            metrics = {NP_KEY: metrics[NP_KEY]}
         TrainerSink(trainer).log_metrics(metrics, step=trainer.global_step)
         if trainer.current_epoch < self.burn_in:
             return

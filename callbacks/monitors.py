@@ -10,23 +10,26 @@ from collections.abc import Callable
 from typing import Any
 
 from geomonitor.callbacks import _checks as check
-from geomonitor.callbacks._base import GeometryCallbackBase
-from geomonitor.callbacks._families import (IntrinsicDimensionFamily, NeuralPersistenceFamily,
-                                            SharpnessFamily, TopologyFamily)
+from geomonitor.callbacks._adapter import MonitorCallback
 
 __all__ = ["IntrinsicDimensionMonitor", "SharpnessMonitor", "TopologyMonitor",
            "NeuralPersistenceMonitor"]
 
 
-def _every(every_n_steps: Any, every_n_epochs: Any) -> Any:
-    every = check.schedule("", every_n_steps, every_n_epochs)
-    if every is None:
+_OFF = {f"{f}_every_n_{u}": None for f in ("id", "sharpness", "topology", "np")
+        for u in ("steps", "epochs")}
+
+
+def _only(prefix: str, every_n_steps: Any, every_n_epochs: Any, **extra: Any) -> dict[str, Any]:
+    """Family options with only ``prefix``'s family on, on the given schedule."""
+    if check.schedule("", every_n_steps, every_n_epochs) is None:
         raise ValueError("every_n_steps and every_n_epochs are both None; set at least one "
                          "to a positive int")
-    return every
+    return {**_OFF, f"{prefix}_every_n_steps": every_n_steps,
+            f"{prefix}_every_n_epochs": every_n_epochs, **extra}
 
 
-class IntrinsicDimensionMonitor(GeometryCallbackBase):
+class IntrinsicDimensionMonitor(MonitorCallback):
     """Intrinsic dimension of layer activations on the probe set: ``geometry/id/<layer>``.
 
     TwoNN by default (Facco et al., 2017, Sci. Rep. 7:12140); O(N^2 D) per layer. Under W&B
@@ -43,23 +46,21 @@ class IntrinsicDimensionMonitor(GeometryCallbackBase):
                  probe_data: Any = None, log_profile: bool = True,
                  prog_bar: str | list[str] | None = None,
                  forward_fn: Callable[[Any, Any], Any] | None = None, strict: bool = False,
-                 max_pending: int = 4) -> None:
+                 max_pending: int = 4, max_overhead: float | None = 0.05) -> None:
         layers = check.layers(layers)
         check.choice("reduce", reduce, check.REDUCTIONS)
         check.choice("method", method, check.ID_METHODS)
         check.flag("log_profile", log_profile)
+        check.max_overhead(max_overhead)
         probe_data = check.common(probe_size, probe_seed, probe_data, strict, max_pending)
-        fam = IntrinsicDimensionFamily(_every(every_n_steps, every_n_epochs), method=method,
-                                       log_profile=log_profile)
-        super().__init__([fam], identity=dict(layers=layers, reduce=reduce, method=method,
-                                              probe_size=probe_size, probe_seed=probe_seed),
-                         layers=layers, reduce=reduce, probe_size=probe_size,
+        options = _only("id", every_n_steps, every_n_epochs, id_method=method, id_log_profile=log_profile)
+        super().__init__(options, layers=layers, reduce=reduce, probe_size=probe_size,
                          probe_seed=probe_seed, probe_data=probe_data, forward_fn=forward_fn,
                          prog_bar=check.prog_bar(prog_bar), strict=strict,
-                         max_pending=max_pending)
+                         max_pending=max_pending, max_overhead=max_overhead)
 
 
-class SharpnessMonitor(GeometryCallbackBase):
+class SharpnessMonitor(MonitorCallback):
     """Sharpness of the training loss on the probe set and ``eos_ratio`` = sharpness/(2/η).
 
     Cohen et al., 2021 (edge of stability); preconditioned for Adam-family optimizers (Cohen
@@ -74,18 +75,23 @@ class SharpnessMonitor(GeometryCallbackBase):
                  max_hvp: int = 20, tol: float = 1e-3, probe_size: int = 256,
                  probe_seed: int = 0, probe_data: Any = None,
                  loss_fn: Callable[[Any, Any], Any] | None = None,
-                 prog_bar: str | list[str] | None = "eos_ratio", strict: bool = False) -> None:
+                 prog_bar: str | list[str] | None = "eos_ratio", strict: bool = False,
+                 sharpness_probe_size: int | None = 64,
+                 max_overhead: float | None = 0.05) -> None:
         check.positive_int("max_hvp", max_hvp)
         check.positive_float("tol", tol)
+        check.positive_int("sharpness_probe_size", sharpness_probe_size, allow_none=True)
+        check.max_overhead(max_overhead)
         probe_data = check.common(probe_size, probe_seed, probe_data, strict, 1)
-        fam = SharpnessFamily(_every(every_n_steps, every_n_epochs), max_hvp=max_hvp, tol=tol,
-                              seed=probe_seed, loss_fn=loss_fn)
-        super().__init__([fam], identity=dict(probe_size=probe_size, probe_seed=probe_seed),
-                         probe_size=probe_size, probe_seed=probe_seed, probe_data=probe_data,
-                         prog_bar=check.prog_bar(prog_bar), strict=strict)
+        options = _only("sharpness", every_n_steps, every_n_epochs, sharpness_max_hvp=max_hvp,
+                        sharpness_tol=tol, sharpness_probe_size=sharpness_probe_size)
+        super().__init__(options, probe_size=probe_size, probe_seed=probe_seed,
+                         probe_data=probe_data, loss_fn=loss_fn,
+                         prog_bar=check.prog_bar(prog_bar), strict=strict,
+                         max_overhead=max_overhead)
 
 
-class TopologyMonitor(GeometryCallbackBase):
+class TopologyMonitor(MonitorCallback):
     """Persistence summaries of layer activations: ``geometry/ph/<layer>/<summary>``.
 
     Vietoris–Rips H0/H1 on ≤ ``n_landmarks`` maxmin landmarks (giotto-ph in a child
@@ -102,30 +108,28 @@ class TopologyMonitor(GeometryCallbackBase):
                  probe_seed: int = 0, probe_data: Any = None, log_diagrams: bool = True,
                  prog_bar: str | list[str] | None = None,
                  forward_fn: Callable[[Any, Any], Any] | None = None, strict: bool = False,
-                 max_pending: int = 4) -> None:
+                 max_pending: int = 4, max_overhead: float | None = 0.05) -> None:
         layers = check.layers(layers)
         check.choice("reduce", reduce, check.REDUCTIONS)
         if maxdim not in (0, 1):
             raise ValueError(f"maxdim must be 0 or 1, got {maxdim!r}")
         check.landmarks("n_landmarks", n_landmarks)
         check.flag("log_diagrams", log_diagrams)
+        check.max_overhead(max_overhead)
         probe_data = check.common(probe_size, probe_seed, probe_data, strict, max_pending)
-        fam = TopologyFamily(_every(every_n_steps, every_n_epochs), maxdim=maxdim,
-                             n_landmarks=n_landmarks, seed=probe_seed, log_diagrams=log_diagrams)
-        super().__init__([fam], identity=dict(layers=layers, reduce=reduce, maxdim=maxdim,
-                                              probe_size=probe_size, probe_seed=probe_seed),
-                         layers=layers, reduce=reduce, probe_size=probe_size,
+        options = _only("topology", every_n_steps, every_n_epochs, topology_maxdim=maxdim,
+                        topology_landmarks=n_landmarks, log_diagrams=log_diagrams)
+        super().__init__(options, layers=layers, reduce=reduce, probe_size=probe_size,
                          probe_seed=probe_seed, probe_data=probe_data, forward_fn=forward_fn,
                          prog_bar=check.prog_bar(prog_bar), strict=strict,
-                         max_pending=max_pending)
+                         max_pending=max_pending, max_overhead=max_overhead)
 
 
-class NeuralPersistenceMonitor(GeometryCallbackBase):
-    """Neural persistence of the Linear weights (Rieck et al., 2019, ICLR):
-    ``geometry/neural_persistence`` and ``geometry/neural_persistence/<layer>``.
+class NeuralPersistenceMonitor(MonitorCallback):
+    """Neural persistence of the Linear-like weights (Rieck et al., 2019, ICLR):
+    ``geometry/neural_persistence/mean`` and ``geometry/neural_persistence/<layer>``.
 
-    Needs no probe set; weights are copied on the training thread, the spanning-tree work
-    runs in the background.
+    Needs no probe set; runs on the training thread (a few ms for an MLP).
 
     Example:
         >>> NeuralPersistenceMonitor(every_n_epochs=1)  # doctest: +SKIP
@@ -133,8 +137,9 @@ class NeuralPersistenceMonitor(GeometryCallbackBase):
 
     def __init__(self, every_n_steps: int | None = None, every_n_epochs: int | None = 1,
                  prog_bar: str | list[str] | None = None, strict: bool = False,
-                 max_pending: int = 4) -> None:
+                 max_pending: int = 4, max_overhead: float | None = 0.05) -> None:
         check.common(1, 0, None, strict, max_pending)
-        fam = NeuralPersistenceFamily(_every(every_n_steps, every_n_epochs))
-        super().__init__([fam], identity={}, prog_bar=check.prog_bar(prog_bar), strict=strict,
-                         max_pending=max_pending)
+        check.max_overhead(max_overhead)
+        super().__init__(_only("np", every_n_steps, every_n_epochs),
+                         prog_bar=check.prog_bar(prog_bar), strict=strict,
+                         max_pending=max_pending, max_overhead=max_overhead)

@@ -13,12 +13,18 @@ When a :class:`~pytorch_lightning.loggers.WandbLogger` is present it does more:
   (intrinsic dimension across layers) as a line plot per measurement;
 * ``wandb.alert`` for alerts.
 
-Loggers are rank-zero only by construction in Lightning, so calling the sink on every rank
-logs once. Nothing here raises into training: a logger that fails is reported by the caller.
+Every logger is called on its own: one that raises is warned once (``RuntimeWarning``)
+and the others, and ``callback_metrics`` (updated first), still get every value. Loggers are
+rank-zero only by construction in Lightning, so calling the sink on every rank logs once.
+
+:class:`WandbSink` is the same W&B treatment for a plain loop (``Monitor(sink=wandb.log)``
+wraps the run in it): ``geometry/*`` charted against ``geometry/step``, values added to the
+current row without committing it, so the loop's own ``wandb.log`` steps are kept.
 """
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,10 +33,12 @@ import torch
 
 log = logging.getLogger("geomonitor")
 
-__all__ = ["TrainerSink", "STEP_KEY"]
+__all__ = ["TrainerSink", "WandbSink", "STEP_KEY", "GEOMETRY_STEP"]
 
 #: The step metric WandbLogger logs with every row; geometry metrics are charted against it.
 STEP_KEY = "trainer/global_step"
+#: The step metric of :class:`WandbSink` (plain loops): the step a value describes.
+GEOMETRY_STEP = "geometry/step"
 _ALERT_LEVELS = ("INFO", "WARN", "ERROR")
 
 
@@ -48,16 +56,17 @@ class TrainerSink:
     def __init__(self, trainer: Any) -> None:
         self.trainer = trainer
         self._defined = False
+        self._failed: set[str] = set()
 
     # -- W&B --------------------------------------------------------------------------------
     def wandb_run(self) -> Any | None:
         """The W&B run of the first WandbLogger on rank zero, else None."""
         if getattr(self.trainer, "global_rank", 0) != 0:
             return None
-        from pytorch_lightning.loggers import WandbLogger
+        from geomonitor.callbacks._lightning import WANDB_LOGGERS
 
         for logger in self.trainer.loggers:
-            if isinstance(logger, WandbLogger):
+            if isinstance(logger, WANDB_LOGGERS):
                 return logger.experiment
         return None
 
@@ -76,12 +85,24 @@ class TrainerSink:
         """Log ``metrics`` to every logger at ``step`` and put them in ``callback_metrics``."""
         if not metrics:
             return
-        self._define_metrics()
         clean = {k: float(v) for k, v in metrics.items()}
-        for logger in self.trainer.loggers:
-            logger.log_metrics(clean, step=step)
         for k, v in clean.items():
             self.trainer.callback_metrics[k] = torch.tensor(v, dtype=torch.float64)
+        try:
+            self._define_metrics()
+        except Exception as exc:  # noqa: BLE001 - W&B set-up failing leaves the other loggers
+            self._warn("wandb", exc)
+        for logger in self.trainer.loggers:
+            try:
+                logger.log_metrics(clean, step=step)
+            except Exception as exc:  # noqa: BLE001 - one logger never takes the others down
+                self._warn(type(logger).__name__, exc)
+
+    def _warn(self, name: str, exc: BaseException) -> None:
+        if name not in self._failed:
+            self._failed.add(name)
+            warnings.warn(f"{name} failed to log geometry metrics: {exc!r}; the other loggers still "
+                          "get them (warned once)", RuntimeWarning, stacklevel=3)
 
     # -- W&B media --------------------------------------------------------------------------
     def log_diagram(self, key: str, diagrams: Sequence[np.ndarray], step: int) -> None:
@@ -92,27 +113,16 @@ class TrainerSink:
         run = self.wandb_run()
         if run is None:
             return
-        import wandb
-
         self._define_metrics()
-        rows = [[dim, float(b), float(d)] for dim, dgm in enumerate(diagrams)
-                for b, d in np.asarray(dgm, dtype=float).reshape(-1, 2) if np.isfinite(d)]
-        table = wandb.Table(columns=["dim", "birth", "death"], data=rows)
-        plot = wandb.plot.scatter(table, "birth", "death", title=f"{key} (step {step})")
-        run.log({f"{key}/table": table, f"{key}/plot": plot, STEP_KEY: step})
+        run.log({**_diagram_media(key, diagrams, step), STEP_KEY: step})
 
     def log_profile(self, key: str, names: Sequence[str], values: Sequence[float], step: int) -> None:
         """A per-layer profile (e.g. intrinsic dimension across layers) as a W&B line plot."""
         run = self.wandb_run()
         if run is None or not names:
             return
-        import wandb
-
         self._define_metrics()
-        data = [[i, str(n), float(v)] for i, (n, v) in enumerate(zip(names, values))]
-        table = wandb.Table(columns=["depth", "layer", "value"], data=data)
-        plot = wandb.plot.line(table, "depth", "value", title=f"{key} (step {step})")
-        run.log({f"{key}/table": table, f"{key}/plot": plot, STEP_KEY: step})
+        run.log({**_profile_media(key, names, values, step), STEP_KEY: step})
 
     # -- alerts -----------------------------------------------------------------------------
     def alert(self, title: str, text: str, level: str = "WARN", wait_duration: float = 300.0) -> None:
@@ -124,12 +134,89 @@ class TrainerSink:
             level: one of ``"INFO"``, ``"WARN"``, ``"ERROR"``.
             wait_duration: seconds W&B waits before sending another alert with this title.
         """
-        if level not in _ALERT_LEVELS:
-            raise ValueError(f"level must be one of {_ALERT_LEVELS}, got {level!r}")
-        log.warning("%s: %s", title, text)
-        run = self.wandb_run()
-        if run is not None:
-            import wandb
+        _alert(self.wandb_run(), title, text, level, wait_duration)
 
-            run.alert(title=title, text=text, level=getattr(wandb.AlertLevel, level),
-                      wait_duration=float(wait_duration))
+
+def _diagram_media(key: str, diagrams: Sequence[np.ndarray], step: int) -> dict[str, Any]:
+    """A diagram as a ``wandb.Table`` (dim, birth, death; infinite deaths left out) and a scatter plot."""
+    import wandb
+
+    rows = [[dim, float(b), float(d)] for dim, dgm in enumerate(diagrams)
+            for b, d in np.asarray(dgm, dtype=float).reshape(-1, 2) if np.isfinite(d)]
+    table = wandb.Table(columns=["dim", "birth", "death"], data=rows)
+    plot = wandb.plot.scatter(table, "birth", "death", title=f"{key} (step {step})")
+    return {f"{key}/table": table, f"{key}/plot": plot}
+
+
+def _profile_media(key: str, names: Sequence[str], values: Sequence[float], step: int) -> dict[str, Any]:
+    """A per-layer profile as a ``wandb.Table`` (depth, layer, value) and a line plot."""
+    import wandb
+
+    data = [[i, str(n), float(v)] for i, (n, v) in enumerate(zip(names, values))]
+    table = wandb.Table(columns=["depth", "layer", "value"], data=data)
+    plot = wandb.plot.line(table, "depth", "value", title=f"{key} (step {step})")
+    return {f"{key}/table": table, f"{key}/plot": plot}
+
+
+def _alert(run: Any, title: str, text: str, level: str, wait_duration: float) -> None:
+    if level not in _ALERT_LEVELS:
+        raise ValueError(f"level must be one of {_ALERT_LEVELS}, got {level!r}")
+    log.warning("%s: %s", title, text)
+    if run is not None:
+        import wandb
+
+        run.alert(title=title, text=text, level=getattr(wandb.AlertLevel, level),
+                  wait_duration=float(wait_duration))
+
+
+class WandbSink:
+    """W&B for a plain training loop: ``Monitor(model, probe, sink=WandbSink())``.
+
+    ``define_metric("geometry/*", step_metric="geometry/step")`` once, then every batch of
+    values is added to the current W&B row with ``geometry/step`` = the step it describes
+    (``commit=False``: the loop's next ``wandb.log`` commits the row, so its steps are
+    untouched; a value computed in the background lands on its own step in the charts).
+    Diagrams, profiles and alerts as in :class:`TrainerSink`.
+
+    Args:
+        run: a W&B run; ``None`` uses ``wandb.run`` at each call (nothing is logged while there
+            is none).
+    """
+
+    def __init__(self, run: Any = None) -> None:
+        self._run = run
+        self._defined: set[int] = set()
+
+    def wandb_run(self) -> Any | None:
+        if self._run is not None:
+            return self._run
+        import wandb
+
+        return wandb.run
+
+    def _ready(self) -> Any | None:
+        run = self.wandb_run()
+        if run is not None and id(run) not in self._defined:
+            self._defined.add(id(run))
+            run.define_metric(GEOMETRY_STEP)
+            for pattern in ("geometry/*", "alerts/*"):
+                run.define_metric(pattern, step_metric=GEOMETRY_STEP)
+        return run
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        run = self._ready()
+        if run is not None and metrics:
+            run.log({**{k: float(v) for k, v in metrics.items()}, GEOMETRY_STEP: step}, commit=False)
+
+    def log_diagram(self, key: str, diagrams: Sequence[np.ndarray], step: int) -> None:
+        run = self._ready()
+        if run is not None:
+            run.log({**_diagram_media(key, diagrams, step), GEOMETRY_STEP: step}, commit=False)
+
+    def log_profile(self, key: str, names: Sequence[str], values: Sequence[float], step: int) -> None:
+        run = self._ready()
+        if run is not None and names:
+            run.log({**_profile_media(key, names, values, step), GEOMETRY_STEP: step}, commit=False)
+
+    def alert(self, title: str, text: str, level: str = "WARN", wait_duration: float = 300.0) -> None:
+        _alert(self.wandb_run(), title, text, level, wait_duration)

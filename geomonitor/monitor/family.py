@@ -122,12 +122,14 @@ class Family:
 
     Class attributes: ``name`` (the key used for its schedule, cost and error counts),
     ``needs_probe`` (whether a probe set must be drawn), ``needs_activations`` (whether it
-    reads ``ctx.activations()``: the engine resolves the selected layers only then).
+    reads ``ctx.activations()``: the engine resolves the selected layers only then),
+    ``needs_loss`` (whether it reads ``ctx.loss_fn``: without one the engine disables it).
     """
 
     name: str = ""
     needs_probe: bool = True
     needs_activations: bool = False
+    needs_loss: bool = False
 
     def __init__(self, schedule: Every) -> None:
         if not isinstance(schedule, Every):

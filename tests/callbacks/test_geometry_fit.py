@@ -98,7 +98,7 @@ def test_fit_logs_every_family_to_wandb_csv_and_callback_metrics(tmp_path, wandb
     model.cpu()
 
     # the probe set is drawn by index from the dataset: recompute everything independently
-    x, y = _data()[monitor._probe.indices]
+    x, y = _data()[monitor.probe.indices]
     lam = _dense_sharpness(model, x, y)
     got = float(trainer.callback_metrics["geometry/sharpness"])
     assert got == pytest.approx(lam, rel=1e-4)
@@ -165,7 +165,7 @@ def test_strict_reraises_the_measurement_error(tmp_path):
     mon = _monitor(loss_fn=lambda m, b: "not a tensor")
     with pytest.raises(TypeError, match="must return a scalar loss tensor"):
         _fit(mon, [], tmp_path)
-    assert mon._worker is None  # closed by on_exception
+    assert mon.monitor._closed  # closed by on_exception
 
 
 def test_the_progress_bar_shows_the_chosen_metrics(tmp_path):

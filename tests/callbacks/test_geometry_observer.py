@@ -59,7 +59,7 @@ class _ChildPids(pl.Callback):
         self.monitor, self.pids = monitor, set()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        for fam in self.monitor._families:
+        for fam in self.monitor.families:
             pid = fam._ripser.pid if fam.name == "topology" else None
             if pid is not None:
                 self.pids.add(pid)
@@ -157,6 +157,6 @@ def test_interrupted_fit_cancels_background_work(tmp_path, exc):
     else:
         with pytest.raises(RuntimeError, match="boom"):
             trainer.fit(_Block(), torch.utils.data.DataLoader(data, batch_size=8))
-    assert mon._worker is None
+    assert mon.monitor._closed
     assert set(threading.enumerate()) <= before
     assert children.pids and children.all_gone()

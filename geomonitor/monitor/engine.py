@@ -1,0 +1,440 @@
+"""``Monitor``: the framework-free monitor engine, for any training loop.
+
+One object decides what is measured when, runs it on the fixed probe set, finishes
+background work and hands the values to a sink. Adapters (Lightning, Hugging Face) are a
+guard and one call per hook around it; a plain PyTorch or Fabric loop calls it directly::
+
+    monitor = Monitor(model, probe=(X, y), sink=wandb.log, loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1]))
+    for step, (x, y) in enumerate(loader, 1):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(); loss.backward(); opt.step()
+        monitor.step(step, optimizer=opt)
+    monitor.close()
+
+What happens at ``step(s)``: the families whose schedule is due at ``s`` (or at this epoch's
+end with ``epoch_end=True``) are asked of the :class:`~geomonitor.monitor.cost.CostCap`
+(rank 0's answer broadcast under ``torch.distributed``); admitted ones run inside a fork of
+every RNG (the training run's random streams are untouched) on a :class:`Context` that
+captures the selected layers' activations once; results computed in the background are
+collected; then each step's values go to the sink once, with ``geometry/errors`` (failed
+measurements so far), ``geometry/skipped/<family>`` (occurrences the cap skipped) and
+``geometry/dropped/<family>`` (background jobs dropped because ``max_pending`` were in
+flight) when they changed. ``step`` returns the values delivered by that call.
+
+Guarantees: a measurement that raises is counted and warned once per family, and training
+continues (``strict=True`` re-raises); a sink that raises is warned once; ``close()``
+finishes pending work (``wait=True``) or cancels it, and no thread or process outlives it.
+
+Cost between due steps: a few comparisons per family.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from geomonitor.monitor.cost import CostCap
+from geomonitor.monitor.family import Context, Family, Measurement
+from geomonitor.monitor.keys import metric_key
+from geomonitor.monitor.layers import LayerSelector, capture_activations
+from geomonitor.monitor.probe import ProbeSet
+from geomonitor.monitor.sink import as_sink
+from geomonitor.monitor.worker import BackgroundWorker
+from geomonitor.sharpness.isolation import preserved_rng, unwrap
+
+__all__ = ["Monitor", "MonitorWarning", "default_forward", "make_probe"]
+
+_STATE_VERSION = 2
+
+
+class MonitorWarning(RuntimeWarning):
+    """A measurement failed, a family was disabled, or the state from a checkpoint differs."""
+
+
+def default_forward(model: nn.Module, batch: Any) -> Any:
+    """The forward used for activations: a tensor batch is the input, a tuple/list's first
+    element is the input, a mapping is passed as keyword arguments."""
+    if isinstance(batch, torch.Tensor):
+        return model(batch)
+    if isinstance(batch, Mapping):
+        try:
+            return model(**batch)
+        except TypeError as exc:
+            raise TypeError(f"{exc}; the probe batch is a dict with keys {sorted(batch)}: pass "
+                            "forward_fn=lambda model, batch: model(batch['x']) (your input keys) "
+                            "to say how the model is called") from exc
+    if isinstance(batch, (tuple, list)) and batch:
+        return model(batch[0])
+    raise TypeError(f"cannot infer the model input from a batch of type {type(batch).__name__}; "
+                    "pass forward_fn=lambda model, batch: model(...)")
+
+
+def make_probe(data: Any, size: int | None, seed: int) -> ProbeSet:
+    """A :class:`ProbeSet` from a DataLoader, a tensor, a tuple of tensors or a ProbeSet."""
+    if isinstance(data, ProbeSet):
+        return data
+    if isinstance(data, torch.Tensor):
+        return ProbeSet.from_tensors(data, size=size, seed=seed)
+    if isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data):
+        return ProbeSet.from_tensors(*data, size=size, seed=seed)
+    if hasattr(data, "dataset"):
+        return ProbeSet.from_dataloader(data, size, seed=seed)
+    raise TypeError("probe must be a DataLoader, a tensor, a tuple of tensors, a ProbeSet or a "
+                    f"callable returning one; got {type(data).__name__}")
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for t in list(model.parameters())[:1] + list(model.buffers())[:1]:
+        return t.device
+    return torch.device("cpu")
+
+
+def _torch_broadcast(decisions: list[bool]) -> list[bool]:
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return decisions
+    box = [decisions]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class Monitor:
+    """Measure the geometry of ``model`` on a schedule; see the module docstring.
+
+    Args:
+        model: the network (a DDP wrapper is unwrapped: measurements use ``.module``).
+        probe: the probe data: a DataLoader (``probe_size`` samples drawn by index with a
+            seeded generator), a tensor or tuple of tensors, a :class:`ProbeSet`, or a
+            zero-argument callable returning one of these (called at the first step).
+        sink: where values go (:func:`geomonitor.monitor.sink.as_sink`: ``wandb.log``, any
+            ``fn(metrics, step)``, a logger-like object, a list of them, or ``None``).
+        families: the :class:`Family` objects to run; by default
+            ``build_families(**family_options)`` (intrinsic dimension, sharpness, topology,
+            neural persistence on their default schedules).
+        layers: ``"auto"``, a module-name glob or a list of globs (activations).
+        reduce: how a layer output becomes (N, features) (see :mod:`geomonitor.monitor.layers`).
+        probe_size, probe_seed: size and seed of the probe draw.
+        forward_fn: ``forward_fn(model, batch)`` for activations (default :func:`default_forward`).
+        loss_fn: ``loss_fn(model, batch) -> scalar`` (training loss; families that need it,
+            such as sharpness, are disabled with a warning without it).
+        max_overhead: the cost cap's share of training time (``None``: no cap).
+        strict: re-raise measurement and sink errors instead of counting them.
+        max_pending: background jobs in flight before new ones are dropped (and counted).
+        clock: wall clock for the cost cap (default ``time.perf_counter``); ``cpu_clock``:
+            the background thread's CPU clock (default ``time.thread_time``).
+        broadcast: ``broadcast(decisions) -> rank 0's decisions``; by default
+            ``torch.distributed.broadcast_object_list`` when a process group is initialised.
+        **family_options: passed to :func:`geomonitor.monitor.families.build_families`
+            (``id_every_n_steps=50``, ``topology_every_n_epochs=None``, ...).
+
+    Raises:
+        ValueError: bad arguments, or a layer pattern that matches no module.
+    """
+
+    def __init__(self, model: nn.Module, probe: Any = None, sink: Any = None, *,
+                 families: Sequence[Family] | None = None, layers: str | Sequence[str] = "auto",
+                 reduce: str = "flatten", probe_size: int | None = 256, probe_seed: int = 0,
+                 forward_fn: Callable[[nn.Module, Any], Any] | None = None,
+                 loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
+                 max_overhead: float | None = 0.05, strict: bool = False, max_pending: int = 4,
+                 clock: Callable[[], float] | None = None,
+                 cpu_clock: Callable[[], float] | None = None,
+                 broadcast: Callable[[list[bool]], list[bool]] | None = None,
+                 **family_options: Any) -> None:
+        if not isinstance(model, nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if families is None:
+            from geomonitor.monitor.families import build_families
+
+            families = build_families(seed=probe_seed, **family_options)
+        elif family_options:
+            raise ValueError(f"family options {sorted(family_options)} apply to the default "
+                             "families only; configure the families you pass instead")
+        families = list(families)
+        if not families or not all(isinstance(f, Family) for f in families):
+            raise ValueError(f"families must be a non-empty list of Family objects, got {families!r}")
+        for name, fn in (("forward_fn", forward_fn), ("loss_fn", loss_fn), ("cpu_clock", cpu_clock),
+                         ("broadcast", broadcast)):
+            if fn is not None and not callable(fn):
+                raise ValueError(f"{name} must be callable or None, got {fn!r}")
+        if not isinstance(strict, bool):
+            raise ValueError(f"strict must be True or False, got {strict!r}")
+        self.model = unwrap(model)
+        self.families = families
+        self.sink = as_sink(sink)
+        self.forward_fn = forward_fn or default_forward
+        self.loss_fn = loss_fn
+        self.probe_size, self.probe_seed = probe_size, probe_seed
+        self.strict = strict
+        self.cap = CostCap(max_overhead, clock)
+        self._cpu_clock = cpu_clock or time.thread_time
+        self._broadcast = broadcast or _torch_broadcast
+        self._selector = LayerSelector(layers, reduce=reduce)
+        self._config = {"layers": layers if isinstance(layers, str) else list(layers),
+                        "reduce": reduce, "probe_size": probe_size, "probe_seed": probe_seed}
+        self.errors: dict[str, int] = {}
+        self.skipped: dict[str, int] = {}
+        self.dropped: dict[str, int] = {}
+        self.latest: dict[str, float] = {}
+        self.optimizer: torch.optim.Optimizer | None = None
+        self._last: dict[str, int] = {}
+        self._epoch = 0
+        self._warned: set[str] = set()
+        self._outbox: dict[int, dict[str, float]] = {}
+        self._probe_source = probe
+        self._probe: ProbeSet | None = None
+        self._probe_state: dict[str, Any] | None = None
+        self._started = False
+        self._closed = False
+        self._setup_families()
+        self._worker = BackgroundWorker(max_pending=max_pending, interrupt=self._close_families)
+
+    # -- public -----------------------------------------------------------------------------
+    @property
+    def probe(self) -> ProbeSet | None:
+        """The probe set (drawn at the first step; ``None`` before, or when no family needs one)."""
+        return self._probe
+
+    @property
+    def modules(self) -> dict[str, nn.Module]:
+        """The selected layers, name -> module."""
+        return dict(self._modules)
+
+    def step(self, step: int, *, loss: Any = None, optimizer: torch.optim.Optimizer | None = None,
+             epoch_end: bool = False, epoch: int | None = None) -> dict[str, float]:
+        """Call after each optimizer step (``step`` = optimizer steps taken so far, from 1), and
+        with ``epoch_end=True`` at the end of each epoch (``epoch``: 0-based, counted by the
+        monitor when omitted). ``loss`` is accepted for loops that pass it and not used by the
+        families. Returns the values delivered to the sink by this call."""
+        if self._closed:
+            raise RuntimeError("Monitor.step after close()")
+        if optimizer is not None:
+            self.optimizer = optimizer
+        if not self._started:
+            self._start()
+        if epoch_end:
+            epoch = self._epoch if epoch is None else int(epoch)
+            self._epoch = epoch + 1
+        due = [f for f in self.families if f.enabled and self._last.get(f.name) != step
+               and (f.schedule.due_epoch(epoch) if epoch_end else f.schedule.due_step(step))]
+        if due:
+            self._measure(due, step)
+        self._drain()
+        return self._deliver()
+
+    def close(self, wait: bool = True) -> dict[str, float]:
+        """Finish (``wait=True``) or cancel pending background work, deliver what finished,
+        stop child processes. Idempotent. Returns the values delivered."""
+        if self._closed:
+            return {}
+        self._closed = True
+        try:
+            self._worker.close(wait=wait)
+        finally:
+            self._close_families()
+        if wait:
+            self._drain()
+            return self._deliver()
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Probe set, family states, counters, costs (``torch.load(weights_only=True)``-safe)."""
+        probe = self._probe.state_dict() if self._probe is not None else self._probe_state
+        return {"version": _STATE_VERSION, "config": dict(self._config), "probe": probe,
+                "families": {f.name: f.state_dict() for f in self.families},
+                "errors": dict(self.errors), "skipped": dict(self.skipped),
+                "dropped": dict(self.dropped), "last": dict(self._last), "epoch": self._epoch,
+                "cost": self.cap.state_dict()}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`. The arguments this monitor was built with win: a
+        changed probe size or seed draws a new probe set, and one :class:`MonitorWarning`
+        names every difference."""
+        if not isinstance(state, Mapping) or state.get("version") != _STATE_VERSION:
+            got = state.get("version") if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"state_dict version must be {_STATE_VERSION}, got {got!r}")
+        old = state.get("config", {})
+        differ = [f"{k}={v!r} (checkpoint: {old[k]!r})" for k, v in self._config.items()
+                  if k in old and old[k] != v]
+        if differ:
+            warnings.warn(f"Monitor resumed with {', '.join(differ)}: the arguments apply"
+                          + ("; a new probe set is drawn" if {"probe_size", "probe_seed"} & {
+                              d.split("=")[0] for d in differ} else ""),
+                          MonitorWarning, stacklevel=2)
+        redraw = any(old.get(k) != self._config[k] for k in ("probe_size", "probe_seed") if k in old)
+        self._probe_state = None if redraw else state.get("probe")
+        if self._probe is not None and self._probe_state is not None:
+            self._load_probe(self._probe)
+        for fam in self.families:
+            if fam.name in state.get("families", {}):
+                fam.load_state_dict(state["families"][fam.name])
+        for name in ("errors", "skipped", "dropped", "last"):
+            setattr(self, name if name != "last" else "_last",
+                    {str(k): int(v) for k, v in state.get(name, {}).items()})
+        self._epoch = int(state.get("epoch", 0))
+        if "cost" in state:
+            self.cap.load_state_dict(state["cost"])
+            if self._started:
+                self.cap.start()
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _setup_families(self) -> None:
+        for fam in self.families:
+            reason = fam.setup(self.model)
+            if reason is None and fam.needs_loss and self.loss_fn is None:
+                reason = "it needs the training loss: pass loss_fn=callable(model, batch)"
+            if reason is None and fam.needs_probe and self._probe_source is None:
+                reason = "it needs probe data: pass probe=(inputs, targets) or a DataLoader"
+            self._disable(fam, reason)
+        self._modules: dict[str, nn.Module] = {}
+        if any(f.enabled and f.needs_activations for f in self.families):
+            try:
+                self._modules = self._selector.resolve(self.model)
+            except ValueError as exc:
+                if self.strict or self._config["layers"] != "auto":
+                    raise
+                for fam in self.families:
+                    if fam.needs_activations:
+                        self._disable(fam, f"no layer to capture: {exc}")
+
+    def _disable(self, fam: Family, reason: str | None) -> None:
+        fam.enabled = reason is None
+        if reason is not None:
+            if self.strict:
+                raise ValueError(f"Monitor: {fam.name} cannot run: {reason}")
+            self._warn_once(fam.name, f"{fam.name} is disabled: {reason}")
+
+    def _start(self) -> None:
+        self._started = True
+        if any(f.enabled and f.needs_probe for f in self.families):
+            source = self._probe_source() if callable(self._probe_source) and not hasattr(
+                self._probe_source, "dataset") else self._probe_source
+            probe = make_probe(source, self.probe_size, self.probe_seed)
+            if self._probe_state is not None:
+                self._load_probe(probe)
+            self._probe = probe.to(_model_device(self.model))
+        self.cap.start()
+
+    def _load_probe(self, probe: ProbeSet) -> None:
+        try:
+            probe.load_state_dict(self._probe_state)
+        except ValueError as exc:
+            warnings.warn(f"Monitor: the probe set in the checkpoint does not fit this data ({exc}); "
+                          "a new probe set is drawn", MonitorWarning, stacklevel=3)
+        self._probe_state = None
+
+    # -- measuring --------------------------------------------------------------------------
+    def _measure(self, due: list[Family], step: int) -> None:
+        allowed = [self.cap.allows(f.name) for f in due]
+        if self.cap.fraction is not None:
+            allowed = list(self._broadcast(allowed))  # rank 0 decides for every rank
+        batch = self._probe.batch if self._probe is not None else None
+        model, forward = self.model, self.forward_fn
+
+        def capture() -> dict[str, torch.Tensor]:
+            return capture_activations(model, self._modules, lambda: forward(model, batch),
+                                       reduce=self._config["reduce"])
+
+        ctx = Context(model, step, batch, capture, optimizer=self.optimizer,
+                      loss_fn=self.loss_fn, forward=forward)
+        device = _model_device(model)
+        with preserved_rng([device] if device.type == "cuda" else []):
+            for fam, ok in zip(due, allowed):
+                if not ok:
+                    self.skipped[fam.name] = self.skipped.get(fam.name, 0) + 1
+                    self._put(step, {metric_key("skipped", fam.name): float(self.skipped[fam.name])})
+                    continue
+                self._last[fam.name] = step
+                t0 = self.cap.clock()
+                try:
+                    result = fam.run(ctx)
+                except Exception as exc:  # noqa: BLE001 - a measurement never stops training
+                    self._fail(fam.name, exc, step)
+                else:
+                    if isinstance(result, Measurement):
+                        self._emit(fam.name, step, result)
+                    elif not self._worker.submit(step, _timed(fam.name, result, self._cpu_clock)):
+                        self.dropped[fam.name] = self.dropped.get(fam.name, 0) + 1
+                        self._put(step, {metric_key("dropped", fam.name): float(self.dropped[fam.name])})
+                        self._warn_once(f"{fam.name}/dropped", f"{fam.name} measurement at step "
+                                        f"{step} dropped: {self._worker.max_pending} still pending")
+                self.cap.charge(fam.name, self.cap.clock() - t0)
+
+    def _drain(self) -> None:
+        for step, result, error in self._worker.drain():
+            if error is not None:  # the job wrapper itself failed
+                self._fail("worker", error, step)
+                continue
+            name, measurement, exc, cpu = result
+            background = measurement.background_cpu if measurement is not None else 0.0
+            self.cap.charge_background(name, cpu + background)
+            if exc is not None:
+                self._fail(name, exc, step)
+            else:
+                self._emit(name, step, measurement)
+
+    def _emit(self, name: str, step: int, m: Measurement) -> None:
+        for exc in m.errors:
+            self._fail(name, exc, step)
+        self._put(step, m.metrics)
+        for method, items in (("log_diagram", m.diagrams), ("log_profile", m.profiles)):
+            for key, value in items.items():
+                args = (key, value, step) if method == "log_diagram" else (key, *value, step)
+                self._call_sink(method, *args)
+
+    def _put(self, step: int, metrics: Mapping[str, float]) -> None:
+        self._outbox.setdefault(step, {}).update({k: float(v) for k, v in metrics.items()})
+
+    def _deliver(self) -> dict[str, float]:
+        delivered: dict[str, float] = {}
+        for step in sorted(self._outbox):
+            metrics = self._outbox.pop(step)
+            self._call_sink("log_metrics", metrics, step)
+            self.latest.update(metrics)
+            delivered.update(metrics)
+        return delivered
+
+    def _call_sink(self, method: str, *args: Any) -> None:
+        try:
+            getattr(self.sink, method)(*args)
+        except Exception as exc:  # noqa: BLE001 - a failing logger never stops training
+            if self.strict:
+                raise
+            self.errors["sink"] = self.errors.get("sink", 0) + 1
+            self._warn_once(f"sink/{method}", f"the sink failed in {method}: {exc!r}; training "
+                            "continues")
+
+    def _fail(self, kind: str, exc: BaseException, step: int) -> None:
+        if self.strict:
+            raise exc
+        self.errors[kind] = self.errors.get(kind, 0) + 1
+        self._warn_once(kind, f"{kind} measurement failed at step {step}: {exc!r}; training "
+                        "continues (counted in geometry/errors; strict=True re-raises)")
+        self._put(step, {metric_key("errors"): float(sum(self.errors.values()))})
+
+    def _warn_once(self, kind: str, message: str) -> None:
+        if kind not in self._warned:
+            self._warned.add(kind)
+            warnings.warn(f"Monitor: {message}", MonitorWarning, stacklevel=4)
+
+    def _close_families(self) -> None:
+        for fam in self.families:
+            with contextlib.suppress(Exception):
+                fam.close()
+
+
+def _timed(name: str, job: Callable[[], Measurement], cpu_clock: Callable[[], float]) -> Callable[[], tuple]:
+    # the job's cost is the CPU time of the thread running it, plus what it reports
+    def run() -> tuple[str, Measurement | None, BaseException | None, float]:
+        t0 = cpu_clock()
+        try:
+            return name, job(), None, cpu_clock() - t0
+        except Exception as exc:  # noqa: BLE001 - reported on the training thread
+            return name, None, exc, cpu_clock() - t0
+
+    return run

@@ -1,0 +1,78 @@
+"""The measurement families, one module each, and the default set.
+
+* :class:`IntrinsicDimensionFamily` (:mod:`.intrinsic`) -- ``geometry/id/<layer>``
+* :class:`SharpnessFamily` (:mod:`.sharpness`) -- ``geometry/sharpness``, ``eos_ratio``
+* :class:`TopologyFamily` (:mod:`.topology`) -- ``geometry/ph/<layer>/<summary>``
+* :class:`NeuralPersistenceFamily` (:mod:`.neural_persistence`) -- ``geometry/neural_persistence/...``
+
+:func:`build_families` turns ``GeometryMonitor``-style options into family objects; the
+Lightning, Hugging Face and plain-loop entry points all go through it, so a default is
+written once.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from geomonitor.monitor.family import Family
+from geomonitor.monitor.families.intrinsic import IntrinsicDimensionFamily
+from geomonitor.monitor.families.neural_persistence import NeuralPersistenceFamily
+from geomonitor.monitor.families.sharpness import SharpnessFamily
+from geomonitor.monitor.families.topology import TopologyFamily
+from geomonitor.monitor.schedule import Every
+
+__all__ = ["DEFAULTS", "IntrinsicDimensionFamily", "NeuralPersistenceFamily", "SharpnessFamily",
+           "TopologyFamily", "build_families"]
+
+#: Every option of :func:`build_families` and its default (schedules: ``None`` = off).
+DEFAULTS: dict[str, Any] = {
+    "id_every_n_steps": 100, "id_every_n_epochs": None, "id_method": "twonn", "id_log_profile": True,
+    "sharpness_every_n_steps": 50, "sharpness_every_n_epochs": None, "sharpness_max_hvp": 20,
+    "sharpness_tol": 1e-3, "sharpness_probe_size": 64,
+    "topology_every_n_steps": None, "topology_every_n_epochs": 1, "topology_landmarks": 128, "topology_maxdim": 1,
+    "log_diagrams": True,
+    "np_every_n_steps": None, "np_every_n_epochs": 1,
+}
+
+
+def _every(options: dict[str, Any], prefix: str) -> Every | None:
+    steps, epochs = options[f"{prefix}_every_n_steps"], options[f"{prefix}_every_n_epochs"]
+    if steps is None and epochs is None:
+        return None
+    return Every(n_steps=steps, n_epochs=epochs)
+
+
+def build_families(*, seed: int = 0, **options: Any) -> list[Family]:
+    """The families switched on by ``options`` (see :data:`DEFAULTS`), in a fixed order.
+
+    A family is off when both its ``*_every_n_steps`` and ``*_every_n_epochs`` are ``None``.
+
+    Raises:
+        ValueError: an unknown option (the message lists them), a bad value, or every family off.
+
+    Example:
+        >>> [f.name for f in build_families(topology_every_n_epochs=None)]
+        ['id', 'sharpness', 'neural_persistence']
+    """
+    unknown = sorted(set(options) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"unknown family options {unknown}; known: {sorted(DEFAULTS)}")
+    o = {**DEFAULTS, **options}
+    families: list[Family] = []
+    every = _every(o, "id")
+    if every is not None:
+        families.append(IntrinsicDimensionFamily(every, method=o["id_method"],
+                                                 log_profile=o["id_log_profile"]))
+    every = _every(o, "sharpness")
+    if every is not None:
+        families.append(SharpnessFamily(every, max_hvp=o["sharpness_max_hvp"], tol=o["sharpness_tol"],
+                                        seed=seed, probe_size=o["sharpness_probe_size"]))
+    every = _every(o, "topology")
+    if every is not None:
+        families.append(TopologyFamily(every, maxdim=o["topology_maxdim"], n_landmarks=o["topology_landmarks"], seed=seed,
+                                       log_diagrams=o["log_diagrams"]))
+    every = _every(o, "np")
+    if every is not None:
+        families.append(NeuralPersistenceFamily(every))
+    if not families:
+        raise ValueError("no family is on: every *_every_n_steps and *_every_n_epochs is None")
+    return families
