@@ -147,6 +147,7 @@ class MonitorCallback(*CALLBACK_BASES):
         return dict(self._pending_state or {})
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        Monitor.check_state(state_dict)
         self._pending_state = dict(state_dict)
         if self.monitor is not None:
             self.monitor.load_state_dict(self._pending_state)

@@ -255,9 +255,7 @@ class Monitor:
         """Restore a :meth:`state_dict`. The arguments this monitor was built with win: a
         changed probe size or seed draws a new probe set, and one :class:`MonitorWarning`
         names every difference."""
-        if not isinstance(state, Mapping) or state.get("version") != _STATE_VERSION:
-            got = state.get("version") if isinstance(state, Mapping) else type(state).__name__
-            raise ValueError(f"state_dict version must be {_STATE_VERSION}, got {got!r}")
+        self.check_state(state)
         old = state.get("config", {})
         differ = [f"{k}={v!r} (checkpoint: {old[k]!r})" for k, v in self._config.items()
                   if k in old and old[k] != v]
@@ -281,6 +279,13 @@ class Monitor:
             self.cap.load_state_dict(state["cost"])
             if self._started:
                 self.cap.start()
+
+    @staticmethod
+    def check_state(state: Any) -> None:
+        """``ValueError`` unless ``state`` is a mapping of this version of :meth:`state_dict`."""
+        if not isinstance(state, Mapping) or state.get("version") != _STATE_VERSION:
+            got = state.get("version") if isinstance(state, Mapping) else type(state).__name__
+            raise ValueError(f"state_dict version must be {_STATE_VERSION}, got {got!r}")
 
     # -- set-up -----------------------------------------------------------------------------
     def _setup_families(self) -> None:

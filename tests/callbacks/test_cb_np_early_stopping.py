@@ -40,7 +40,8 @@ def _scripted(values):
 
     def measure(model):
         v = next(it)
-        return types.SimpleNamespace(mean=v, per_layer={"fc1": v / 2, "fc2": v * 2})
+        return {NP_KEY: v, "geometry/neural_persistence/fc1": v / 2,
+                "geometry/neural_persistence/fc2": v * 2}
     return measure
 
 
@@ -75,7 +76,7 @@ def test_stop_epoch_matches_algorithm_2(values, g, delta, burn_in):
     assert es.stopped_epoch == expected
     assert es.history == values[:expected + 1]
     assert float(trainer.callback_metrics[NP_KEY]) == pytest.approx(values[expected])
-    assert float(trainer.callback_metrics[f"{NP_KEY}/fc2"]) == pytest.approx(2 * values[expected])
+    assert float(trainer.callback_metrics["geometry/neural_persistence/fc2"]) == pytest.approx(2 * values[expected])
 
 
 def test_no_stop_while_improving_and_no_validation_needed():
@@ -110,7 +111,7 @@ def test_real_neural_persistence_is_logged_and_in_range():
     assert len(es.history) == 3
     assert float(trainer.callback_metrics[NP_KEY]) == pytest.approx(es.history[-1])
     assert all(0.0 <= v <= 1.0 for v in es.history)  # normalised (Rieck et al., Theorem 2)
-    assert {f"{NP_KEY}/{n}" for n in ("fc1", "fc2")} <= set(trainer.callback_metrics)
+    assert {f"geometry/neural_persistence/{n}" for n in ("fc1", "fc2")} <= set(trainer.callback_metrics)
 
 
 @pytest.mark.parametrize("kwargs,match", [

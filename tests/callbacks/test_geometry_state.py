@@ -88,7 +88,7 @@ def test_state_dict_round_trips_through_weights_only_load(tmp_path):
 
 
 def test_load_state_dict_rejects_an_unknown_version():
-    with pytest.raises(ValueError, match=r"state_dict version must be 1, got 7"):
+    with pytest.raises(ValueError, match=r"state_dict version must be 2, got 7"):
         SharpnessMonitor().load_state_dict({"version": 7})
 
 
@@ -107,9 +107,9 @@ def test_resumed_fit_continues_the_same_series(tmp_path):
     def series(rows, key):
         return [(s, v) for s, k, v in rows if k == key]
 
-    for key in ("geometry/sharpness", "geometry/id/fc1", "geometry/neural_persistence"):
+    for key in ("geometry/sharpness", "geometry/id/fc1", "geometry/neural_persistence/mean"):
         want = series(full.rows, key)
         got = series(first.rows, key) + series(second.rows, key)
         assert [s for s, _ in got] == [s for s, _ in want], key
         assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-5), key
-    assert resumed._last["sharpness"] == 8
+    assert resumed.monitor._last["sharpness"] == 8

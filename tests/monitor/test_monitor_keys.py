@@ -15,8 +15,14 @@ from geomonitor.monitor.keys import FAMILIES, metric_key
     (("id_profile",), "geometry/id_profile"),
     (("ph", "fc1", "h1_entropy"), "geometry/ph/fc1/h1_entropy"),
     (("ph", "blocks.3.mlp", "h0_total_persistence"), "geometry/ph/blocks.3.mlp/h0_total_persistence"),
-    (("neural_persistence",), "geometry/neural_persistence"),
+    (("neural_persistence", None, "mean"), "geometry/neural_persistence/mean"),
     (("neural_persistence", "fc1"), "geometry/neural_persistence/fc1"),
+    (("symmetry", "fc1", "imbalance"), "geometry/symmetry/fc1/imbalance"),
+    (("neural_collapse", "fc2", "nc1"), "geometry/neural_collapse/fc2/nc1"),
+    (("connectivity", None, "barrier"), "geometry/connectivity/barrier"),
+    (("equivariance", "rot90", "output"), "geometry/equivariance/rot90/output"),
+    (("skipped", "topology"), "geometry/skipped/topology"),
+    (("dropped", "topology"), "geometry/dropped/topology"),
     (("errors",), "geometry/errors"),
 ])
 def test_every_family(args, expected):
@@ -25,7 +31,8 @@ def test_every_family(args, expected):
 
 def test_families_tuple():
     assert FAMILIES == ("sharpness", "eos_ratio", "hessian_trace", "n_hvp", "id", "id_profile",
-                        "ph", "neural_persistence", "errors")
+                        "ph", "neural_persistence", "symmetry", "neural_collapse", "connectivity",
+                        "equivariance", "skipped", "dropped", "errors")
 
 
 def test_unknown_family_lists_families():
@@ -40,7 +47,12 @@ def test_unknown_family_lists_families():
     (("sharpness", "fc1"), r"family 'sharpness' takes no layer, got layer='fc1'"),
     (("errors", "fc1"), r"family 'errors' takes no layer, got layer='fc1'"),
     (("id", "fc1", "mean"), r"family 'id' takes no summary, got summary='mean'"),
-    (("neural_persistence", "fc1", "x"), r"family 'neural_persistence' takes no summary"),
+    (("neural_persistence",), r"family 'neural_persistence' takes a layer or a summary \(exactly one\)"),
+    (("neural_persistence", "fc1", "mean"), r"takes a layer or a summary \(exactly one\)"),
+    (("neural_persistence", "mean"), r"a layer may not be called 'mean'"),
+    (("neural_persistence", None, "max"), r"has the one summary 'mean', got 'max'"),
+    (("connectivity", "fc1", "barrier"), r"family 'connectivity' takes no layer"),
+    (("skipped",), r"family 'skipped' needs a layer"),
     (("id", ""), r"layer must be a non-empty str without '/', got ''"),
     (("id", "a/b"), r"layer must be a non-empty str without '/', got 'a/b'"),
     (("id", 3), r"layer must be a non-empty str without '/', got 3"),
@@ -49,3 +61,23 @@ def test_unknown_family_lists_families():
 def test_bad_parts(args, match):
     with pytest.raises(ValueError, match=match):
         metric_key(*args)
+
+
+def test_no_key_is_both_a_leaf_and_a_prefix():
+    """Every key a monitor can write for a two-layer model: none is the parent of another
+    (MLflow stores metrics as files, so ``a/b`` and ``a/b/c`` cannot both exist)."""
+    from geomonitor.topology.summaries import SUMMARY_NAMES as SUMMARIES
+
+    layers = ("fc1", "fc2")
+    keys = [metric_key(f) for f in ("sharpness", "eos_ratio", "hessian_trace", "n_hvp",
+                                    "id_profile", "errors")]
+    keys += [metric_key("id", layer) for layer in layers]
+    keys += [metric_key("ph", layer, f"h{d}_{s}") for layer in layers for d in (0, 1) for s in SUMMARIES]
+    keys += [metric_key("neural_persistence", summary="mean")]
+    keys += [metric_key("neural_persistence", layer) for layer in layers]
+    keys += [metric_key("skipped", f) for f in ("id", "topology")]
+    keys += [metric_key("dropped", f) for f in ("id", "topology")]
+    leaves = set(keys)
+    parents = {k.rsplit("/", i)[0] for k in keys for i in range(1, k.count("/"))}
+    assert len(leaves) == len(keys)
+    assert not leaves & parents, sorted(leaves & parents)

@@ -1,0 +1,502 @@
+"""Monitor, the engine, with test families on a scripted clock: what runs when (against the
+cost rule re-implemented in tests/monitor/cost_rule_reference.py), what the sink receives,
+errors, drops, a training thread that never waits, checkpoints and every ``raise``.
+
+No wall time is read: the families advance a scripted clock by a known cost; waits on the
+background thread use generous timeouts only as a guard against a hang."""
+from __future__ import annotations
+
+import io
+import os
+import sys
+import threading
+import time
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+from geomonitor.monitor import Every, Family, Measurement, Monitor, MonitorWarning, metric_key
+from geomonitor.monitor.engine import default_forward
+from geomonitor.monitor.families import IntrinsicDimensionFamily, TopologyFamily
+
+sys.path.insert(0, os.path.dirname(__file__))
+from cost_rule_reference import ReferenceRule  # noqa: E402
+
+HANG = 60.0  # seconds; only ever reached if something hangs
+
+
+class Clock:
+    """A scripted clock: reading it never moves it."""
+
+    def __init__(self, t: float = 0.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Sync(Family):
+    """Measured on the training thread; its run advances ``clock`` by ``cost`` seconds."""
+
+    needs_probe = False
+
+    def __init__(self, name: str, every: int | Every, clock: Clock | None = None, cost: float = 0.0,
+                 *, fail: bool = False, item_errors: int = 0, needs_probe: bool = False,
+                 needs_loss: bool = False, needs_activations: bool = False) -> None:
+        super().__init__(every if isinstance(every, Every) else Every(n_steps=every))
+        self.name, self.clock, self.cost = name, clock, cost
+        self.fail, self.item_errors = fail, item_errors
+        self.needs_probe, self.needs_loss, self.needs_activations = needs_probe, needs_loss, needs_activations
+        self.steps: list[int] = []
+        self.runs = 0       # checkpointed
+        self.batches: list = []
+
+    def run(self, ctx):
+        self.steps.append(ctx.step)
+        self.runs += 1
+        self.batches.append(ctx.probe_batch)
+        if self.clock is not None:
+            self.clock.t += self.cost
+        if self.fail:
+            raise RuntimeError(f"{self.name} broke at step {ctx.step}")
+        return Measurement(metrics={metric_key("id", self.name): float(ctx.step)},
+                           errors=[ValueError(f"item {i}") for i in range(self.item_errors)])
+
+    def state_dict(self):
+        return {"runs": self.runs}
+
+    def load_state_dict(self, state):
+        self.runs = int(state["runs"])
+
+
+class Background(Family):
+    """Returns a job; the job waits for its gate (set by the test), then spends
+    ``background_cost`` seconds of the scripted ``cpu`` clock."""
+
+    needs_probe = False
+
+    def __init__(self, name: str, every: int, clock: Clock | None = None, cost: float = 0.0, *,
+                 cpu: Clock | None = None, background_cost: float = 0.0,
+                 gate: threading.Event | None = None, fail: bool = False) -> None:
+        super().__init__(Every(n_steps=every))
+        self.name, self.clock, self.cost = name, clock, cost
+        self.cpu, self.background_cost = cpu, background_cost
+        self.shared_gate, self.fail = gate, fail
+        self.steps: list[int] = []
+        self.gates: list[threading.Event] = []
+        self.finished: list[int] = []
+
+    def run(self, ctx):
+        self.steps.append(ctx.step)
+        if self.clock is not None:
+            self.clock.t += self.cost
+        gate = self.shared_gate or threading.Event()
+        self.gates.append(gate)
+        step, cpu, spend, fail = ctx.step, self.cpu, self.background_cost, self.fail
+
+        def job() -> Measurement:
+            if not gate.wait(HANG):
+                raise TimeoutError("gate never opened")
+            if cpu is not None:
+                cpu.t += spend
+            self.finished.append(step)
+            if fail:
+                raise RuntimeError(f"{self.name} job broke at step {step}")
+            return Measurement(metrics={metric_key("ph", self.name, "h1_n_bars"): float(step)},
+                               diagrams={metric_key("ph", self.name, "diagram"): [torch.zeros(1, 2).numpy()]})
+
+        return job
+
+
+class Recorder:
+    """A sink that keeps every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, dict[str, float]]] = []
+        self.diagrams: list[tuple[str, int]] = []
+        self.profiles: list[tuple[str, list, list, int]] = []
+
+    def log_metrics(self, metrics, step):
+        self.calls.append((step, dict(metrics)))
+
+    def log_diagram(self, key, diagrams, step):
+        self.diagrams.append((key, step))
+
+    def log_profile(self, key, names, values, step):
+        self.profiles.append((key, list(names), list(values), step))
+
+    def values(self, key: str) -> list[tuple[int, float]]:
+        return [(s, m[key]) for s, m in self.calls if key in m]
+
+
+def _model() -> nn.Module:
+    return nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2))
+
+
+def _wait_idle(monitor: Monitor) -> None:
+    deadline = time.monotonic() + HANG
+    while monitor._worker.pending:
+        if time.monotonic() > deadline:
+            raise AssertionError("background job did not finish")
+        time.sleep(0.001)
+
+
+# -- (a) skips exactly where the rule says, counted and delivered ---------------------------
+
+def _simulate(schedules: dict[str, tuple[int, float, float]], fraction: float, n_steps: int,
+              dt: float) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+    """The rule, step by step: ``dt`` seconds of training before each step; the families due
+    at a step are asked in order, each seeing what the ones before it spent; a background
+    job is collected at the next step, after that step's decisions.
+    ``schedules``: name -> (every, thread cost, background cost or 0 for a sync family)."""
+    ref, t = ReferenceRule(fraction), 0.0
+    runs: dict[str, list[int]] = {f: [] for f in schedules}
+    skips: dict[str, list[int]] = {f: [] for f in schedules}
+    in_flight: list[tuple[str, float]] = []
+    for s in range(1, n_steps + 1):
+        t += dt
+        if s == 1:
+            ref.start(t)
+        submitted = []
+        for f, (every, cost, background) in schedules.items():
+            if s % every:
+                continue
+            if not ref.allows(f, t):
+                skips[f].append(s)
+                continue
+            runs[f].append(s)
+            ref.charge(f, cost)
+            t += cost
+            if background:
+                submitted.append((f, background))
+        for f, background in in_flight:
+            ref.charge_background(f, background)
+        in_flight = submitted
+    return runs, skips
+
+
+def _run_engine(schedules, fraction, n_steps, dt):
+    clock, cpu = Clock(), Clock()
+    families: list[Family] = []
+    for name, (every, cost, background) in schedules.items():
+        if background:
+            families.append(Background(name, every, clock, cost, cpu=cpu, background_cost=background))
+        else:
+            families.append(Sync(name, every, clock, cost))
+    rec = Recorder()
+    mon = Monitor(_model(), sink=rec, families=families, max_overhead=fraction, clock=clock,
+                  cpu_clock=cpu)
+    for s in range(1, n_steps + 1):
+        clock.t += dt
+        mon.step(s)
+        for fam in families:  # let this step's job finish; it is collected at the next step
+            if isinstance(fam, Background) and fam.gates and not fam.gates[-1].is_set():
+                fam.gates[-1].set()
+                _wait_idle(mon)
+    mon.close()
+    return mon, families, rec
+
+
+def _check_against_the_rule(schedules, fraction, n_steps, dt):
+    runs, skips = _simulate(schedules, fraction, n_steps, dt)
+    mon, families, rec = _run_engine(schedules, fraction, n_steps, dt)
+    for fam in families:
+        assert fam.steps == runs[fam.name], fam.name
+        key = metric_key("skipped", fam.name)
+        assert rec.values(key) == [(s, float(k)) for k, s in enumerate(skips[fam.name], 1)], fam.name
+        assert mon.skipped.get(fam.name, 0) == len(skips[fam.name])
+    return runs, skips, mon, rec
+
+
+def test_skips_happen_exactly_where_the_rule_says_and_are_delivered():
+    # a: sync, every 7, 3 s; b: background, every 11, 1 s on the thread + 4 s off it. The
+    # two are never due at the same step within 76 steps.
+    schedules = {"a": (7, 3.0, 0.0), "b": (11, 1.0, 4.0)}
+    runs, skips, mon, rec = _check_against_the_rule(schedules, 0.5, 76, 1.0)
+    assert len(runs["a"]) >= 3 and len(skips["a"]) >= 3  # both outcomes, for both families
+    assert len(runs["b"]) >= 2 and len(skips["b"]) >= 2
+    # the background values arrive with the step they describe
+    assert rec.values(metric_key("ph", "b", "h1_n_bars")) == [(s, float(s)) for s in runs["b"]]
+    assert rec.diagrams == [(metric_key("ph", "b", "diagram"), s) for s in runs["b"]]
+    # what the engine charged is what the families spent
+    assert mon.cap.spent == 3.0 * len(runs["a"]) + 5.0 * len(runs["b"])
+
+
+def test_the_hand_computed_schedule():
+    # every 20 steps, 10 s each, 1 s of training per step, share 0.25; the clock starts at the
+    # first step, so at step s training is s - 1 s. Step 20 runs (first). Then spent + 10 <=
+    # (s - 1) / 4: 20 <= 9.75 (40), 14.75 (60), 19.75 (80) no; 24.75 (100) yes; spent 20:
+    # 30 <= 29.75 (120) no, 34.75 (140) yes; spent 30: 40 <= 39.75 (160) no, 44.75 (180) yes;
+    # spent 40: 50 <= 49.75 (200) no.
+    runs, skips, _, _ = _check_against_the_rule({"a": (20, 10.0, 0.0)}, 0.25, 200, 1.0)
+    assert runs["a"] == [20, 100, 140, 180]
+    assert skips["a"] == [40, 60, 80, 120, 160, 200]
+
+
+def test_families_due_at_the_same_step_are_asked_in_turn():
+    # a and b every 10 steps, 4 s each, share 0.5: both run at step 10 (first), both are
+    # skipped at 20 (spent 8: 8 + 4 > 9.5). At 30 (training 29 s) a runs (12 <= 14.5), and b,
+    # asked after a has spent its 4 s, is skipped (16 > 14.5): "spent so far" includes a's
+    # measurement at this step. Deciding both from the spending before the step runs both,
+    # and the monitor then spends more than its share on every later co-due step.
+    schedules = {"a": (10, 4.0, 0.0), "b": (10, 4.0, 0.0)}
+    runs, skips, mon, _ = _check_against_the_rule(schedules, 0.5, 100, 1.0)
+    assert runs["a"] != runs["b"]
+
+
+# -- (b) the first measurement of every family always runs ----------------------------------
+
+def test_the_first_measurement_of_every_family_runs_on_an_exhausted_budget():
+    clock = Clock()
+    big = Sync("big", 1, clock, cost=1000.0)
+    late = [Sync("c", 10, clock, cost=1.0), Sync("d", 25, clock, cost=1.0),
+            Background("e", 30, clock, cost=1.0, gate=threading.Event())]
+    late[2].shared_gate.set()
+    rec = Recorder()
+    mon = Monitor(_model(), sink=rec, families=[big, *late], max_overhead=0.01, clock=clock)
+    for s in range(1, 61):
+        clock.t += 1.0
+        mon.step(s)
+    mon.close()
+    assert big.steps == [1]
+    assert [f.steps for f in late] == [[10], [25], [30]]
+    assert mon.skipped == {"big": 59, "c": 5, "d": 1, "e": 1}
+    assert rec.values(metric_key("skipped", "d")) == [(50, 1.0)]
+    assert rec.values(metric_key("ph", "e", "h1_n_bars")) == [(30, 30.0)]
+
+
+# -- (c) no schedule drift -------------------------------------------------------------------
+
+def test_measured_steps_never_leave_the_schedule():
+    clock = Clock()
+    fams = [Sync("a", 20, clock, cost=7.0), Sync("b", 20, clock, cost=3.0),
+            Sync("c", 50, clock, cost=11.0)]
+    mon = Monitor(_model(), families=fams, max_overhead=0.125, clock=clock)
+    for s in range(1, 601):
+        clock.t += 1.0
+        mon.step(s)
+        if s % 3 == 0:
+            mon.step(s, epoch_end=True)  # an epoch end in between never moves a step schedule
+    mon.close()
+    for fam, every in zip(fams, (20, 20, 50)):
+        due = set(range(every, 601, every))
+        assert set(fam.steps) <= due and len(fam.steps) == len(set(fam.steps))
+        assert len(fam.steps) + mon.skipped[fam.name] == len(due)  # each occurrence: run or skip
+        assert 0 < mon.skipped[fam.name] < len(due) - 1
+    assert 61 not in fams[0].steps and 162 not in fams[0].steps
+
+
+# -- (d) geometry/errors once per step ------------------------------------------------------
+
+def test_errors_are_delivered_once_per_step_with_the_running_total():
+    fams = [Sync("a", 2, fail=True), Sync("b", 3, fail=True), Sync("c", 6, item_errors=2),
+            Sync("ok", 1)]
+    rec = Recorder()
+    mon = Monitor(_model(), sink=rec, families=fams, max_overhead=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for s in range(1, 25):
+            mon.step(s)
+    mon.close()
+    steps = [s for s, _ in rec.calls]
+    assert steps == sorted(set(steps)) == list(range(1, 25))  # one delivery per step
+    total, want = 0, []
+    for s in range(1, 25):
+        new = (s % 2 == 0) + (s % 3 == 0) + 2 * (s % 6 == 0)
+        total += new
+        if new:
+            want.append((s, float(total)))
+    assert rec.values(metric_key("errors")) == want
+    assert mon.errors == {"a": 12, "b": 8, "c": 8}
+    msgs = [str(w.message) for w in caught if issubclass(w.category, MonitorWarning)]
+    assert len(msgs) == 3  # one warning per failing family
+    assert any("a measurement failed at step 2: RuntimeError('a broke at step 2')" in m for m in msgs)
+    assert any("c measurement failed at step 6: ValueError('item 0')" in m for m in msgs)
+    # the items that did not fail are still delivered
+    assert rec.values(metric_key("id", "c")) == [(s, float(s)) for s in (6, 12, 18, 24)]
+
+
+def test_a_failing_background_job_is_counted_at_the_step_it_describes():
+    gate = threading.Event()
+    gate.set()
+    fam = Background("bg", 4, gate=gate, fail=True)
+    rec = Recorder()
+    mon = Monitor(_model(), sink=rec, families=[fam], max_overhead=None)
+    with pytest.warns(MonitorWarning, match=r"bg measurement failed at step 4: RuntimeError"):
+        for s in range(1, 9):
+            mon.step(s)
+            _wait_idle(mon)
+        mon.close()
+    assert mon.errors == {"bg": 2}
+    assert rec.values(metric_key("errors")) == [(4, 1.0), (8, 2.0)]
+
+
+def test_strict_reraises_a_measurement_error():
+    mon = Monitor(_model(), families=[Sync("a", 2, fail=True)], strict=True)
+    mon.step(1)
+    with pytest.raises(RuntimeError, match="a broke at step 2"):
+        mon.step(2)
+    mon.close()
+
+
+# -- (e) sinks never take each other down ---------------------------------------------------
+
+class Broken:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def log_metrics(self, metrics, step):
+        self.calls += 1
+        raise OSError("Not a directory")
+
+    log_diagram = log_profile = log_metrics
+
+
+class ProfiledSync(Sync):
+    def run(self, ctx):
+        out = super().run(ctx)
+        out.profiles[metric_key("id_profile")] = (["fc1", "fc2"], [1.0, float(ctx.step)])
+        out.diagrams[metric_key("ph", "fc1", "diagram")] = [torch.ones(2, 2).numpy()]
+        return out
+
+
+def test_a_failing_sink_is_warned_once_and_the_others_get_every_value():
+    broken, good1, good2 = Broken(), Recorder(), Recorder()
+    seen: list[tuple[int, dict]] = []
+    fams = [ProfiledSync("a", 2), Sync("f", 5, fail=True)]
+    mon = Monitor(_model(), sink=[broken, good1, lambda m, s: seen.append((s, m)), good2],
+                  families=fams, max_overhead=None)
+    returned = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for s in range(1, 11):
+            returned.append((s, mon.step(s)))
+        mon.close()
+    sink_warnings = [w for w in caught if "failed in" in str(w.message)]
+    assert len(sink_warnings) == 1
+    assert "sink 0 (Broken) failed in log_metrics: OSError('Not a directory')" in str(sink_warnings[0].message)
+    assert broken.calls > 5  # it kept being called (and failing)
+    want = [(s, m) for s, m in returned if m]
+    assert good1.calls == good2.calls == seen == want
+    assert good1.profiles == good2.profiles == [
+        (metric_key("id_profile"), ["fc1", "fc2"], [1.0, float(s)], s) for s in (2, 4, 6, 8, 10)]
+    assert good1.diagrams == good2.diagrams == [(metric_key("ph", "fc1", "diagram"), s) for s in (2, 4, 6, 8, 10)]
+    assert "sink" not in mon.errors and mon.errors == {"f": 2}
+
+
+def test_a_single_failing_sink_is_counted_and_warned_once():
+    broken = Broken()
+    mon = Monitor(_model(), sink=broken, families=[Sync("a", 1)], max_overhead=None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for s in range(1, 6):
+            assert mon.step(s) == {metric_key("id", "a"): float(s)}  # still returned
+    msgs = [str(w.message) for w in caught if issubclass(w.category, MonitorWarning)]
+    assert msgs == ["Monitor: the sink failed in log_metrics: OSError('Not a directory'); "
+                    "training continues"]
+    assert mon.errors == {"sink": 5}
+    mon.close()
+
+
+def test_strict_reraises_a_sink_error():
+    mon = Monitor(_model(), sink=Broken(), families=[Sync("a", 1)], strict=True)
+    with pytest.raises(OSError, match="Not a directory"):
+        mon.step(1)
+    mon.close()
+
+
+# -- (f) dropped background jobs ------------------------------------------------------------
+
+@pytest.mark.parametrize("max_pending", [1, 3])
+def test_jobs_beyond_max_pending_are_dropped_and_counted(max_pending):
+    gate = threading.Event()
+    fam = Background("bg", 1, gate=gate)
+    rec = Recorder()
+    mon = Monitor(_model(), sink=rec, families=[fam], max_overhead=None, max_pending=max_pending)
+    with pytest.warns(MonitorWarning, match=rf"bg measurement at step {max_pending + 1} dropped: "
+                      rf"{max_pending} still pending") as caught:
+        for s in range(1, 9):
+            mon.step(s)
+    assert sum("dropped" in str(w.message) for w in caught) == 1
+    dropped = list(range(max_pending + 1, 9))
+    assert rec.values(metric_key("dropped", "bg")) == [(s, float(k)) for k, s in enumerate(dropped, 1)]
+    assert mon.dropped == {"bg": len(dropped)}
+    gate.set()
+    mon.close()
+    kept = list(range(1, max_pending + 1))
+    assert fam.finished == kept
+    assert rec.values(metric_key("ph", "bg", "h1_n_bars")) == [(s, float(s)) for s in kept]
+
+
+# -- (g) the training thread never waits on a background job --------------------------------
+
+def _steps_in_a_thread(mon: Monitor, steps: range) -> list[int]:
+    returned: list[int] = []
+
+    def loop() -> None:
+        for s in steps:
+            mon.step(s)
+            returned.append(s)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    t.join(HANG)  # only a guard: a blocked step would hang here
+    assert not t.is_alive(), f"the training loop is blocked after step {returned[-1:] or 'none'}"
+    return returned
+
+
+def test_a_pending_job_never_blocks_the_training_thread():
+    gate = threading.Event()
+    bg = Background("bg", 1000, gate=gate)
+    bg.schedule = Every(n_steps=1)
+    first = Background("first", 1, gate=gate)  # submits at step 1 only (see below)
+    first.schedule = Every(n_steps=10_000)
+    sync = Sync("s", 1)
+    rec = Recorder()
+    mon = Monitor(_model(), sink=rec, families=[Background("slow", 1_000_000, gate=gate), sync],
+                  max_overhead=None, max_pending=1)
+    slow = mon.families[0]
+    slow.schedule = Every(n_steps=1)
+    returned = _steps_in_a_thread(mon, range(1, 2))
+    returned += _steps_in_a_thread(mon, range(2, 102))
+    assert returned == list(range(1, 102))
+    assert sync.steps == list(range(1, 102))  # every step measured and returned
+    assert mon._worker.pending == 1 and slow.finished == []  # the job is still waiting
+    assert rec.values(metric_key("ph", "slow", "h1_n_bars")) == []
+    assert mon.dropped == {"slow": 100}
+    gate.set()
+    delivered = mon.close()
+    assert delivered == {metric_key("ph", "slow", "h1_n_bars"): 1.0}
+    assert rec.values(metric_key("ph", "slow", "h1_n_bars")) == [(1, 1.0)]  # the step it describes
+
+
+def test_a_pending_topology_job_never_blocks_the_training_thread():
+    # the real TopologyFamily, its giotto-ph step replaced by a solver that waits for a gate
+    from geomonitor.topology.ripser_process import ripser_in_process
+
+    gate = threading.Event()
+    calls: list[int] = []
+
+    def slow_solver(D, maxdim):
+        calls.append(len(D))
+        if not gate.wait(HANG):
+            raise TimeoutError("gate never opened")
+        return ripser_in_process(D, maxdim)
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(40, 4, generator=g)
+    topo = TopologyFamily(Every(n_steps=5), maxdim=1, n_landmarks=None, solver=slow_solver)
+    rec = Recorder()
+    mon = Monitor(_model(), probe=X, sink=rec, families=[topo], max_overhead=None, max_pending=4,
+                  probe_size=None, layers=["0", "2"])
+    returned = _steps_in_a_thread(mon, range(1, 101))
+    assert returned == list(range(1, 101))
+    assert mon._worker.pending == 4       # the jobs of steps 5, 10, 15, 20: one waiting, 3 queued
+    assert mon.dropped == {"topology": 16}  # steps 25 ... 100
+    assert not any("h1_n_bars" in k for _, m in rec.calls for k in m)
+    gate.set()
+    mon.close()
+    got = rec.values(metric_key("ph", "0", "h1_n_bars"))
+    assert [s for s, _ in got] == [5, 10, 15, 20]
