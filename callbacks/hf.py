@@ -33,10 +33,9 @@ Where values go (world process zero only; every process measures, so that collec
 operations inside a sharded model's forward stay in lockstep, rank 0 deciding the cost cap):
 ``trainer.state.log_history`` as ``{**metrics, "step": s}`` (saved in ``trainer_state.json``),
 and, when ``"wandb"`` is in ``args.report_to`` and a run is active, W&B through
-:class:`~geomonitor.callbacks.sinks.WandbSink` (``geometry/*`` charted against
-``geometry/step``, added to the Trainer's next row without committing it; persistence diagrams
-and the ID profile as tables and plots). Other ``report_to`` integrations do not see the
-values.
+:class:`TrainerWandbSink` (``geometry/*`` charted against ``geometry/step``, one row per
+delivery that also carries ``train/global_step``; persistence diagrams and the ID profile as
+tables and plots). Other ``report_to`` integrations do not see the values.
 
 Example:
     >>> trainer = Trainer(model, args, train_dataset=ds,                     # doctest: +SKIP
@@ -57,14 +56,16 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from geomonitor.callbacks import _checks as check
-from geomonitor.callbacks.sinks import WandbSink
+from geomonitor.callbacks.sinks import GEOMETRY_STEP, WandbSink, _diagram_media, _profile_media
 from geomonitor.monitor.engine import Monitor, MonitorWarning
 from geomonitor.monitor.families import build_families
 from geomonitor.monitor.families.sharpness import as_loss
 from geomonitor.sharpness.isolation import preserved_rng
 
-__all__ = ["GeometryTrainerCallback", "LogHistorySink", "STATE_FILE", "model_loss"]
+__all__ = ["GeometryTrainerCallback", "LogHistorySink", "TrainerWandbSink", "STATE_FILE", "model_loss"]
 
+#: The step metric of the Trainer's own W&B rows (``WandbCallback``).
+HF_STEP_KEY = "train/global_step"
 #: The monitor state's file in each checkpoint folder (``torch.load(weights_only=True)``-safe).
 STATE_FILE = "geomonitor_state.pt"
 
@@ -124,10 +125,39 @@ def _close_quietly(monitor: Monitor) -> None:
         pass
 
 
+class TrainerWandbSink(WandbSink):
+    """:class:`~geomonitor.callbacks.sinks.WandbSink` for a ``Trainer`` run: one committed W&B
+    row per delivery, holding ``geometry/step`` and ``train/global_step`` = the step the values
+    describe.
+
+    A row per delivery, not ``commit=False``: the Trainer commits a row only every
+    ``logging_steps``, and uncommitted values logged at several steps in between would merge
+    into one row, the later ones overwriting the earlier ones and ``geometry/step``. Both step
+    keys: the Trainer's ``define_metric("*", step_metric="train/global_step")`` also matches
+    ``geometry/*``, so whichever definition W&B applies, the x value is the right step.
+    """
+
+    def _log(self, data: Mapping[str, Any], step: int) -> None:
+        run = self._ready()
+        if run is not None:
+            run.log({**data, GEOMETRY_STEP: int(step), HF_STEP_KEY: int(step)})
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if metrics:
+            self._log({k: float(v) for k, v in metrics.items()}, step)
+
+    def log_diagram(self, key: str, diagrams: Any, step: int) -> None:
+        self._log(_diagram_media(key, diagrams, step), step)
+
+    def log_profile(self, key: str, names: Any, values: Any, step: int) -> None:
+        if names:
+            self._log(_profile_media(key, names, values, step), step)
+
+
 class LogHistorySink:
     """Values into ``state.log_history`` (``{**metrics, "step": step}``) and, when the Trainer
-    reports to W&B and a run is active, to W&B via :class:`~geomonitor.callbacks.sinks.WandbSink`
-    (the run resolved at each call). Only the world process zero writes.
+    reports to W&B and a run is active, to W&B via :class:`TrainerWandbSink` (the run resolved
+    at each call). Only the world process zero writes.
 
     Args:
         state: the Trainer's ``TrainerState``.
@@ -136,12 +166,12 @@ class LogHistorySink:
 
     def __init__(self, state: Any, wandb: bool = False) -> None:
         self.state = state
-        self.wandb = WandbSink() if wandb else None
+        self.wandb = TrainerWandbSink() if wandb else None
 
     def _writes(self) -> bool:
         return bool(getattr(self.state, "is_world_process_zero", True))
 
-    def _wandb(self) -> WandbSink | None:
+    def _wandb(self) -> TrainerWandbSink | None:
         if self.wandb is None or not self._writes() or self.wandb.wandb_run() is None:
             return None
         return self.wandb
@@ -195,10 +225,10 @@ class GeometryTrainerCallback(TrainerCallback):
     Checkpoints: ``on_save`` writes the monitor state to ``<checkpoint>/geomonitor_state.pt``;
     ``trainer.train(resume_from_checkpoint=...)`` on a checkpoint of ``args.output_dir``
     reloads it (same probe set, counters, warm starts); a state given by
-    :meth:`load_state_dict` before ``train()`` wins. Keep
-    ``restore_callback_states_from_checkpoint=False`` (the default): this callback is not an
-    ``ExportableState``, whose JSON state would hold one float per parameter (the sharpness
-    warm start) and would rebuild the callback without ``loss_fn``/``forward_fn``.
+    :meth:`load_state_dict` before ``train()`` wins. The callback is deliberately not a
+    ``transformers.ExportableState``: that state is JSON inside ``trainer_state.json`` (here
+    one float per parameter, the sharpness warm start), and the Trainer would rebuild the
+    callback from JSON arguments, dropping ``loss_fn``/``forward_fn``/``probe_data``.
     """
 
     def __init__(

@@ -124,7 +124,8 @@ def make_monitor(probe_size: int, seed: int) -> pl.Callback:
     from geomonitor.callbacks import IntrinsicDimensionMonitor
 
     return IntrinsicDimensionMonitor(layers=LAYERS, method="twonn", every_n_steps=None,
-                                     every_n_epochs=1, probe_size=probe_size, probe_seed=seed)
+                                     every_n_epochs=1, probe_size=probe_size, probe_seed=seed,
+                                     max_overhead=None)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

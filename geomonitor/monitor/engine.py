@@ -94,6 +94,16 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The user's module inside DDP / DataParallel and Lightning Fabric's ``_FabricModule``."""
+    while True:
+        model = unwrap(model)
+        if type(model).__name__ == "_FabricModule" and isinstance(getattr(model, "module", None), nn.Module):
+            model = model.module
+        else:
+            return model
+
+
 def _torch_broadcast(decisions: list[bool]) -> list[bool]:
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
@@ -107,7 +117,8 @@ class Monitor:
     """Measure the geometry of ``model`` on a schedule; see the module docstring.
 
     Args:
-        model: the network (a DDP wrapper is unwrapped: measurements use ``.module``).
+        model: the network (DDP, DataParallel and Fabric wrappers are unwrapped: measurements
+            use the module inside, whose layer names are the user's).
         probe: the probe data: a DataLoader (``probe_size`` samples drawn by index with a
             seeded generator), a tensor or tuple of tensors, a :class:`ProbeSet`, or a
             zero-argument callable returning one of these (called at the first step).
@@ -164,7 +175,7 @@ class Monitor:
                 raise ValueError(f"{name} must be callable or None, got {fn!r}")
         if not isinstance(strict, bool):
             raise ValueError(f"strict must be True or False, got {strict!r}")
-        self.model = unwrap(model)
+        self.model = _unwrap(model)
         self.families = families
         self.sink = as_sink(sink)
         self.forward_fn = forward_fn or default_forward
@@ -233,8 +244,9 @@ class Monitor:
         if self._closed:
             return {}
         self._closed = True
-        try:
-            self._worker.close(wait=wait)
+        try:  # pending jobs are bounded (giotto-ph on <= n_landmarks points); the timeout
+            # only guards against a child that stopped answering
+            self._worker.close(wait=wait, timeout=300.0)
         finally:
             self._close_families()
         if wait:

@@ -18,10 +18,7 @@ pipe, which releases the GIL, while the child computes on another core.
   message, cpu, startup)`` out: ``cpu`` the child's CPU seconds for this request, ``startup``
   those of its start-up (first answer only, else 0). :attr:`RipserProcess.cpu_time` and
   :attr:`RipserProcess.startup_cpu` add them up: on a machine without a spare core that time
-  is taken from training, so the monitor charges it to its budget.
-  :attr:`RipserProcess.startup_estimate` (class attribute) is the last start-up measured in
-  this interpreter, 1.0 s before any (about what numpy, scipy, scikit-learn and giotto-ph
-  take to import on one core of a 2-core AMD EPYC VM).
+  is taken from training, so the monitor charges it to the family's cost.
   The child's own stdout is moved to stderr, so a print in a library cannot corrupt it.
 * :meth:`RipserProcess.start` launches the child without waiting for it; the first call
   starts it if needed. :meth:`RipserProcess.close` (idempotent, callable from any thread)
@@ -102,16 +99,12 @@ class RipserProcess:
     Attributes:
         cpu_time, startup_cpu: CPU seconds the child reported (requests; start-up).
         launches: children started so far (a child that died is replaced by a new one).
-        startup_estimate: class attribute, the last start-up CPU measured in this
-            interpreter (1.0 s before any).
 
     Raises (from a call):
         RuntimeError: the instance is closed, the child ended during the call (e.g.
             :meth:`close` from another thread), or giotto-ph raised in it (its message is
             included).
     """
-
-    startup_estimate = 1.0
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -140,10 +133,14 @@ class RipserProcess:
 
     def start(self) -> None:
         """Launch the child now (without waiting for its imports); a no-op if it runs. Also
-        reopens a closed instance."""
-        with self._lock:
-            self._closed = False
-            self._ensure()
+        reopens a closed instance. Never waits: while a call holds the child (from another
+        thread), that call keeps it running and this returns at once."""
+        self._closed = False
+        if self._lock.acquire(blocking=False):
+            try:
+                self._ensure()
+            finally:
+                self._lock.release()
 
     def __call__(self, D: np.ndarray, maxdim: int) -> list[np.ndarray]:
         D = np.ascontiguousarray(D, dtype=np.float64)
@@ -162,7 +159,6 @@ class RipserProcess:
                 self.cpu_time += cpu
                 if startup:
                     self.startup_cpu += startup
-                    RipserProcess.startup_estimate = startup
             except (OSError, EOFError, ValueError) as exc:
                 self._stop(proc)
                 raise RuntimeError("the giotto-ph child process ended during a computation") from exc

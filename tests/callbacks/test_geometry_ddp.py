@@ -70,7 +70,7 @@ def test_ddp_two_cpu_processes_log_each_metric_once(tmp_path):
         rows = list(csv.DictReader(f))
     keys = [k for k in rows[0] if k.startswith("geometry/")]
     assert {"geometry/sharpness", "geometry/eos_ratio", "geometry/id/fc1",
-            "geometry/ph/fc2/h1_n_bars", "geometry/neural_persistence"} <= set(keys)
+            "geometry/ph/fc2/h1_n_bars", "geometry/neural_persistence/mean"} <= set(keys)
     for key in keys:
         steps = Counter(int(r["step"]) for r in rows if r[key] != "")
         assert steps == Counter({2: 1, 4: 1}), (key, steps)

@@ -115,7 +115,7 @@ def test_fit_logs_every_family_to_wandb_csv_and_callback_metrics(tmp_path, wandb
     from gph import ripser_parallel
     dgm1 = ripser_parallel(h.double().numpy(), maxdim=1)["dgms"][1]
     assert float(trainer.callback_metrics["geometry/ph/fc1/h1_n_bars"]) == len(dgm1)
-    assert "geometry/neural_persistence" in trainer.callback_metrics
+    assert "geometry/neural_persistence/mean" in trainer.callback_metrics
     assert "geometry/neural_persistence/fc1" in trainer.callback_metrics
     assert monitor.errors == {}
 
@@ -123,7 +123,7 @@ def test_fit_logs_every_family_to_wandb_csv_and_callback_metrics(tmp_path, wandb
     rows = wandb_offline.history(run_file)
     assert [r[STEP_KEY] for r in rows if "geometry/sharpness" in r] == [3, 6]
     assert [r[STEP_KEY] for r in rows if "geometry/id/fc2" in r] == [3, 6]
-    assert sorted(r[STEP_KEY] for r in rows if "geometry/neural_persistence" in r) == [4, 6]
+    assert sorted(r[STEP_KEY] for r in rows if "geometry/neural_persistence/mean" in r) == [4, 6]
     assert sorted(r[STEP_KEY] for r in rows if "geometry/ph/fc2/h1_n_bars" in r) == [4, 6]
     (last,) = [r for r in rows if r.get(STEP_KEY) == 6 and "geometry/sharpness" in r]
     assert last["geometry/sharpness"] == pytest.approx(lam, rel=1e-4)

@@ -60,7 +60,7 @@ class _ChildPids(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         for fam in self.monitor.families:
-            pid = fam._ripser.pid if fam.name == "topology" else None
+            pid = fam._ripser.pid if fam.name == "topology" and fam._ripser is not None else None
             if pid is not None:
                 self.pids.add(pid)
 

@@ -140,10 +140,13 @@ def test_close_timeout_warns_and_cancels_the_queue():
 def test_idle_worker_does_not_spin():
     w = BackgroundWorker()
     w.submit(0, lambda: None)
-    time.sleep(0.05)
-    cpu = time.process_time()
+    time.sleep(0.05)  # let the job finish; the thread then waits
+    clock = time.pthread_getcpuclockid(w._thread.ident)
+    cpu = time.clock_gettime(clock)
     time.sleep(0.4)
-    assert time.process_time() - cpu < 0.1  # a polling loop would burn the whole 0.4 s
+    # the worker thread's own CPU time: a waiting thread adds ~0; a polling loop adds up to
+    # 0.4 s (a busy machine only lowers what a spinning thread gets, never raises it)
+    assert time.clock_gettime(clock) - cpu < 0.05
     w.close()
 
 
@@ -189,10 +192,9 @@ def test_close_wait_false_interrupts_the_running_job_and_discards_its_result():
     w = BackgroundWorker(interrupt=release.set)
     w.submit(1, _blocking_job(release, started))
     w.submit(2, lambda: "never started")
-    assert started.wait(5)
-    t0 = time.perf_counter()
+    assert started.wait(60)
     w.close(wait=False)
-    assert time.perf_counter() - t0 < 2.0  # did not wait the job's 10 s
+    assert release.is_set()  # interrupted rather than waited for
     assert w.drain() == [] and w.cancelled == 2 and not _workers()
 
 

@@ -29,5 +29,5 @@ def test_recipe_smoke(tmp_path, wandb_dir, capsys):
     assert os.path.getsize(tmp_path / "np_early_stopping.png") > 1000
     runs = [f for f in glob.glob(str(tmp_path / "**" / "run-*.wandb"), recursive=True) if "latest-run" not in f]
     assert len(runs) == 2
-    np_rows = [h for f in runs for h in wandb_offline.history(f) if "geometry/neural_persistence" in h]
-    assert np_rows and all(0.0 <= h["geometry/neural_persistence"] <= 1.0 for h in np_rows)
+    np_rows = [h for f in runs for h in wandb_offline.history(f) if "geometry/neural_persistence/mean" in h]
+    assert np_rows and all(0.0 <= h["geometry/neural_persistence/mean"] <= 1.0 for h in np_rows)

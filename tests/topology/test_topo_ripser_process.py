@@ -48,7 +48,7 @@ def test_child_returns_giotto_ph_diagrams_exactly(ripser, n, maxdim):
         np.testing.assert_array_equal(a, np.asarray(b, dtype=np.float64))
     assert ripser.pid is not None
     assert ripser.cpu_time > 0.0 and ripser.startup_cpu > 0.0  # as the child reported them
-    assert ripser.launches == 1 and RipserProcess.startup_estimate == ripser.startup_cpu
+    assert ripser.launches == 1
 
 
 def test_persistence_diagrams_through_the_child_equal_the_default(ripser):
@@ -74,12 +74,12 @@ def test_close_during_a_call_returns_at_once_and_reaps_the_child(ripser):
 
     t = threading.Thread(target=call)
     t.start()
-    time.sleep(0.3)
-    t0 = time.perf_counter()
+    time.sleep(0.3)  # usually in the child's computation by now; if not, it finds it closed
     ripser.close()
-    t.join(5)
-    assert not t.is_alive() and time.perf_counter() - t0 < 2.0
-    assert len(errors) == 1 and "ended during a computation" in str(errors[0])
+    t.join(60)  # a hang guard only: the call fails instead of finishing its work
+    assert not t.is_alive()
+    assert len(errors) == 1 and ("ended during a computation" in str(errors[0])
+                                 or "RipserProcess is closed" in str(errors[0]))
     assert _gone(pid) and ripser.pid is None and ripser.closed
 
 
@@ -132,3 +132,22 @@ def test_without_a_child_it_computes_in_process_and_warns_once(monkeypatch, rips
 def test_bad_ripser_argument_is_rejected():
     with pytest.raises(ValueError, match=r"ripser must be a callable or None, got int"):
         persistence_diagrams(torch.randn(10, 2), maxdim=1, ripser=3)
+
+
+def test_start_never_waits_for_a_call_in_flight(ripser):
+    """The training thread may call start() while the background thread waits on the child:
+    start() must return while that call still holds the child (an ordering, not a time)."""
+    D = _distances(400, 8)  # maxdim 2 on 400 points: seconds of work in the child
+    ripser(D[:5, :5], 1)
+    t = threading.Thread(target=lambda: pytest.raises(RuntimeError, ripser, D, 2))
+    t.start()
+    for _ in range(6000):  # hang guard: the call takes the lock almost at once
+        if ripser._lock.locked():
+            break
+        time.sleep(0.01)
+    assert ripser._lock.locked()
+    ripser.start()
+    assert ripser._lock.locked() and t.is_alive()  # start() returned during the call
+    ripser.close()
+    t.join(60)
+    assert not t.is_alive()
