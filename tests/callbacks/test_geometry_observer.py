@@ -113,7 +113,7 @@ def test_monitor_leaves_weights_optimizer_losses_and_rng_bitwise_unchanged(tmp_p
     children = _ChildPids(mon)
     model, opt, losses, rng = _run(tmp_path, mon, extra=[children], accelerator=accelerator)
 
-    assert mon._last == {"id": 8, "sharpness": 6, "topology": 8, "neural_persistence": 8}
+    assert mon.monitor._last == {"id": 8, "sharpness": 6, "topology": 8, "neural_persistence": 8}
     assert mon.errors == {}
     for (k, a), (_, b) in zip(ref_model.state_dict().items(), model.state_dict().items()):
         assert torch.equal(a, b), k  # weights and BatchNorm running statistics
