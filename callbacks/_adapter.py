@@ -19,7 +19,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from geomonitor.callbacks._lightning import CALLBACK_BASES
-from geomonitor.callbacks.sinks import TrainerSink
+from geomonitor.callbacks.sinks import trainer_sink
 from geomonitor.monitor.engine import Monitor, default_forward
 from geomonitor.monitor.families import build_families
 from geomonitor.monitor.families.sharpness import as_loss
@@ -152,6 +152,15 @@ class MonitorCallback(*CALLBACK_BASES):
         if self.monitor is not None:
             self.monitor.load_state_dict(self._pending_state)
 
+    def __getstate__(self) -> dict[str, Any]:
+        """A copy carries the monitor's state, not the monitor (threads, the trainer): it
+        builds its own at its next ``setup``."""
+        state = self.__dict__.copy()
+        if state.get("monitor") is not None:
+            state["_pending_state"] = state["monitor"].state_dict()
+            state["monitor"] = None
+        return state
+
     # -- implementation ---------------------------------------------------------------------
     def _build(self, trainer: Any, pl_module: Any) -> None:
         if self.monitor is not None:
@@ -162,7 +171,7 @@ class MonitorCallback(*CALLBACK_BASES):
                                    else None)
         self.monitor = Monitor(
             pl_module, probe=data if data is not None else lambda: _first_loader(trainer.train_dataloader),
-            sink=TrainerSink(trainer), families=build_families(seed=self._kwargs["probe_seed"], **self._options),
+            sink=trainer_sink(trainer), families=build_families(seed=self._kwargs["probe_seed"], **self._options),
             forward_fn=forward, loss_fn=loss_fn,
             broadcast=lambda decisions: trainer.strategy.broadcast(decisions, src=0),
             **{k: v for k, v in self._kwargs.items() if k != "forward_fn"})

@@ -99,3 +99,34 @@ def landmarks(name: str, value: Any) -> int | None:
     if value is not None and value < 3:
         raise ValueError(f"{name} must be >= 3 or None, got {value!r}")
     return value
+
+
+def geometry_options(owner: str, *, id_method: Any, sharpness_max_hvp: Any, sharpness_tol: Any,
+                     sharpness_probe_size: Any, topology_landmarks: Any, log_diagrams: Any,
+                     **schedules: Any) -> dict[str, Any]:
+    """Check ``GeometryMonitor``-style family arguments; the options for ``build_families``.
+
+    ``schedules`` are the ``<family>_every_n_steps`` / ``<family>_every_n_epochs`` arguments;
+    ``owner`` names the callback in the error when every family is off.
+    """
+    choice("id_method", id_method, ID_METHODS)
+    positive_int("sharpness_max_hvp", sharpness_max_hvp)
+    positive_float("sharpness_tol", sharpness_tol)
+    positive_int("sharpness_probe_size", sharpness_probe_size, allow_none=True)
+    landmarks("topology_landmarks", topology_landmarks)
+    flag("log_diagrams", log_diagrams)
+    for name, value in schedules.items():
+        positive_int(name, value, allow_none=True)
+    if all(v is None for v in schedules.values()):
+        raise ValueError(f"{owner} needs at least one family on: every *_every_n_steps and "
+                         "*_every_n_epochs is None")
+    return dict(schedules, id_method=id_method, sharpness_max_hvp=sharpness_max_hvp,
+                sharpness_tol=sharpness_tol, sharpness_probe_size=sharpness_probe_size,
+                topology_landmarks=topology_landmarks, log_diagrams=log_diagrams)
+
+
+def callables(**fns: Any) -> None:
+    """``ValueError`` for any of ``fns`` that is neither callable nor None."""
+    for name, fn in fns.items():
+        if fn is not None and not callable(fn):
+            raise ValueError(f"{name} must be callable(model, batch) or None, got {fn!r}")

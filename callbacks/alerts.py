@@ -31,7 +31,7 @@ from typing import Any
 import torch
 
 from geomonitor.callbacks._lightning import CALLBACK_BASES
-from geomonitor.callbacks.sinks import TrainerSink
+from geomonitor.callbacks.sinks import trainer_sink
 from geomonitor.monitor.keys import PREFIX, metric_key
 from geomonitor.monitor.alerts import (Alert, EdgeOfStability, GradNormExplosion, LossSpike,
                                        NonFinite, RepresentationCollapse, Rule)
@@ -196,7 +196,7 @@ class GeometryAlerts(*CALLBACK_BASES):
 
     # -- delivery and actions -----------------------------------------------------------------
     def _handle(self, trainer: Any, found: list[Alert]) -> None:
-        sink = TrainerSink(trainer)
+        sink = trainer_sink(trainer)
         stop = ckpt = None
         for alert in found:
             self.alerts.append(alert)

@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import Any
 
 from geomonitor.callbacks._lightning import EARLY_STOPPING_BASES
-from geomonitor.callbacks.sinks import TrainerSink
+from geomonitor.callbacks.sinks import trainer_sink
 from geomonitor.monitor.families.neural_persistence import neural_persistence_metrics
 from geomonitor.monitor.keys import metric_key
 
@@ -94,7 +94,7 @@ class NeuralPersistenceEarlyStopping(*EARLY_STOPPING_BASES):
         self.history.append(float(metrics[NP_KEY]))
         if not self.log_per_layer:
             metrics = {NP_KEY: metrics[NP_KEY]}
-        TrainerSink(trainer).log_metrics(metrics, step=trainer.global_step)
+        trainer_sink(trainer).log_metrics(metrics, step=trainer.global_step)
         if trainer.current_epoch < self.burn_in:
             return
         super().on_train_epoch_end(trainer, pl_module)

@@ -123,26 +123,18 @@ class GeometryMonitor(MonitorCallback):
         layers = check.layers(layers)
         check.choice("reduce", reduce, check.REDUCTIONS)
         probe_data = check.common(probe_size, probe_seed, probe_data, strict, max_pending)
-        check.choice("id_method", id_method, check.ID_METHODS)
-        check.positive_int("sharpness_max_hvp", sharpness_max_hvp)
-        check.positive_float("sharpness_tol", sharpness_tol)
-        check.positive_int("sharpness_probe_size", sharpness_probe_size, allow_none=True)
-        check.landmarks("topology_landmarks", topology_landmarks)
-        check.flag("log_diagrams", log_diagrams)
         check.max_overhead(max_overhead)
-        schedules = {}
-        for prefix, steps, epochs in (("id", id_every_n_steps, id_every_n_epochs),
-                                      ("sharpness", sharpness_every_n_steps, sharpness_every_n_epochs),
-                                      ("topology", topology_every_n_steps, topology_every_n_epochs),
-                                      ("np", np_every_n_steps, np_every_n_epochs)):
-            check.schedule(f"{prefix}_", steps, epochs)
-            schedules.update({f"{prefix}_every_n_steps": steps, f"{prefix}_every_n_epochs": epochs})
-        if all(v is None for v in schedules.values()):
-            raise ValueError("GeometryMonitor needs at least one family on: every *_every_n_steps "
-                             "and *_every_n_epochs is None")
-        options = dict(schedules, id_method=id_method, sharpness_max_hvp=sharpness_max_hvp,
-                       sharpness_tol=sharpness_tol, sharpness_probe_size=sharpness_probe_size,
-                       topology_landmarks=topology_landmarks, log_diagrams=log_diagrams)
+        check.callables(loss_fn=loss_fn, forward_fn=forward_fn)
+        options = check.geometry_options(
+            "GeometryMonitor", id_method=id_method, sharpness_max_hvp=sharpness_max_hvp,
+            sharpness_tol=sharpness_tol, sharpness_probe_size=sharpness_probe_size,
+            topology_landmarks=topology_landmarks, log_diagrams=log_diagrams,
+            id_every_n_steps=id_every_n_steps, id_every_n_epochs=id_every_n_epochs,
+            sharpness_every_n_steps=sharpness_every_n_steps,
+            sharpness_every_n_epochs=sharpness_every_n_epochs,
+            topology_every_n_steps=topology_every_n_steps,
+            topology_every_n_epochs=topology_every_n_epochs,
+            np_every_n_steps=np_every_n_steps, np_every_n_epochs=np_every_n_epochs)
         super().__init__(options, layers=layers, reduce=reduce, probe_size=probe_size,
                          probe_seed=probe_seed, probe_data=probe_data, forward_fn=forward_fn,
                          loss_fn=loss_fn, prog_bar=check.prog_bar(prog_bar), strict=strict,

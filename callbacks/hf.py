@@ -56,13 +56,12 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from geomonitor.callbacks import _checks as check
-from geomonitor.callbacks.sinks import GEOMETRY_STEP, WandbSink, _diagram_media, _profile_media
+from geomonitor.callbacks.sinks import GEOMETRY_STEP, WandbSink
 from geomonitor.monitor.engine import Monitor, MonitorWarning
 from geomonitor.monitor.families import build_families
 from geomonitor.monitor.families.sharpness import as_loss
-from geomonitor.sharpness.isolation import preserved_rng
 
-__all__ = ["GeometryTrainerCallback", "LogHistorySink", "TrainerWandbSink", "STATE_FILE", "model_loss"]
+__all__ = ["GeometryTrainerCallback", "LogHistorySink", "STATE_FILE", "model_loss"]
 
 #: The step metric of the Trainer's own W&B rows (``WandbCallback``).
 HF_STEP_KEY = "train/global_step"
@@ -125,38 +124,9 @@ def _close_quietly(monitor: Monitor) -> None:
         pass
 
 
-class TrainerWandbSink(WandbSink):
-    """:class:`~geomonitor.callbacks.sinks.WandbSink` for a ``Trainer`` run: one committed W&B
-    row per delivery, holding ``geometry/step`` and ``train/global_step`` = the step the values
-    describe.
-
-    A row per delivery, not ``commit=False``: the Trainer commits a row only every
-    ``logging_steps``, and uncommitted values logged at several steps in between would merge
-    into one row, the later ones overwriting the earlier ones and ``geometry/step``. Both step
-    keys: the Trainer's ``define_metric("*", step_metric="train/global_step")`` also matches
-    ``geometry/*``, so whichever definition W&B applies, the x value is the right step.
-    """
-
-    def _log(self, data: Mapping[str, Any], step: int) -> None:
-        run = self._ready()
-        if run is not None:
-            run.log({**data, GEOMETRY_STEP: int(step), HF_STEP_KEY: int(step)})
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        if metrics:
-            self._log({k: float(v) for k, v in metrics.items()}, step)
-
-    def log_diagram(self, key: str, diagrams: Any, step: int) -> None:
-        self._log(_diagram_media(key, diagrams, step), step)
-
-    def log_profile(self, key: str, names: Any, values: Any, step: int) -> None:
-        if names:
-            self._log(_profile_media(key, names, values, step), step)
-
-
 class LogHistorySink:
     """Values into ``state.log_history`` (``{**metrics, "step": step}``) and, when the Trainer
-    reports to W&B and a run is active, to W&B via :class:`TrainerWandbSink` (the run resolved
+    reports to W&B and a run is active, to W&B via :class:`~geomonitor.callbacks.sinks.WandbSink` (the run resolved
     at each call). Only the world process zero writes.
 
     Args:
@@ -166,12 +136,15 @@ class LogHistorySink:
 
     def __init__(self, state: Any, wandb: bool = False) -> None:
         self.state = state
-        self.wandb = TrainerWandbSink() if wandb else None
+        # one committed row per delivery: the Trainer commits a row only every logging_steps, and
+        # uncommitted values of several steps would merge into one row; both step keys, since
+        # the Trainer's define_metric("*", step_metric="train/global_step") matches geometry/*
+        self.wandb = WandbSink(commit=True, step_keys=(GEOMETRY_STEP, HF_STEP_KEY)) if wandb else None
 
     def _writes(self) -> bool:
         return bool(getattr(self.state, "is_world_process_zero", True))
 
-    def _wandb(self) -> TrainerWandbSink | None:
+    def _wandb(self) -> WandbSink | None:
         if self.wandb is None or not self._writes() or self.wandb.wandb_run() is None:
             return None
         return self.wandb
@@ -261,29 +234,18 @@ class GeometryTrainerCallback(TrainerCallback):
         layers = check.layers(layers)
         check.choice("reduce", reduce, check.REDUCTIONS)
         probe_data = check.common(probe_size, probe_seed, probe_data, strict, max_pending)
-        check.choice("id_method", id_method, check.ID_METHODS)
-        check.positive_int("sharpness_max_hvp", sharpness_max_hvp)
-        check.positive_float("sharpness_tol", sharpness_tol)
-        check.positive_int("sharpness_probe_size", sharpness_probe_size, allow_none=True)
-        check.landmarks("topology_landmarks", topology_landmarks)
-        check.flag("log_diagrams", log_diagrams)
         check.max_overhead(max_overhead)
-        for name, fn in (("loss_fn", loss_fn), ("forward_fn", forward_fn)):
-            if fn is not None and not callable(fn):
-                raise ValueError(f"{name} must be callable(model, batch) or None, got {fn!r}")
-        schedules: dict[str, int | None] = {}
-        for prefix, steps, epochs in (("id", id_every_n_steps, id_every_n_epochs),
-                                      ("sharpness", sharpness_every_n_steps, sharpness_every_n_epochs),
-                                      ("topology", topology_every_n_steps, topology_every_n_epochs),
-                                      ("np", np_every_n_steps, np_every_n_epochs)):
-            check.schedule(f"{prefix}_", steps, epochs)
-            schedules.update({f"{prefix}_every_n_steps": steps, f"{prefix}_every_n_epochs": epochs})
-        if all(v is None for v in schedules.values()):
-            raise ValueError("GeometryTrainerCallback needs at least one family on: every "
-                             "*_every_n_steps and *_every_n_epochs is None")
-        self._options = dict(schedules, id_method=id_method, sharpness_max_hvp=sharpness_max_hvp,
-                             sharpness_tol=sharpness_tol, sharpness_probe_size=sharpness_probe_size,
-                             topology_landmarks=topology_landmarks, log_diagrams=log_diagrams)
+        check.callables(loss_fn=loss_fn, forward_fn=forward_fn)
+        self._options = check.geometry_options(
+            "GeometryTrainerCallback", id_method=id_method, sharpness_max_hvp=sharpness_max_hvp,
+            sharpness_tol=sharpness_tol, sharpness_probe_size=sharpness_probe_size,
+            topology_landmarks=topology_landmarks, log_diagrams=log_diagrams,
+            id_every_n_steps=id_every_n_steps, id_every_n_epochs=id_every_n_epochs,
+            sharpness_every_n_steps=sharpness_every_n_steps,
+            sharpness_every_n_epochs=sharpness_every_n_epochs,
+            topology_every_n_steps=topology_every_n_steps,
+            topology_every_n_epochs=topology_every_n_epochs,
+            np_every_n_steps=np_every_n_steps, np_every_n_epochs=np_every_n_epochs)
         build_families(seed=probe_seed, **self._options)  # the families' own checks, now
         self._kwargs = dict(layers=layers, reduce=reduce, probe_size=probe_size,
                             probe_seed=probe_seed, strict=strict, max_pending=max_pending,
@@ -292,7 +254,6 @@ class GeometryTrainerCallback(TrainerCallback):
         self.monitor: Monitor | None = None
         self._pending_state: dict[str, Any] | None = None
         self._finalizer: weakref.finalize | None = None
-        self._first_step = True
 
     # -- what the run measured --------------------------------------------------------------
     @property
@@ -384,7 +345,6 @@ class GeometryTrainerCallback(TrainerCallback):
                                **self._kwargs)
         # a run that raises never reaches on_train_end: no worker outlives the callback
         self._finalizer = weakref.finalize(self, _close_quietly, self.monitor)
-        self._first_step = True
         resumed = self._pending_state
         if resumed is None and state.global_step > 0:
             resumed = self._saved_state(args, state.global_step)
@@ -405,15 +365,5 @@ class GeometryTrainerCallback(TrainerCallback):
     def _step(self, step: int, **kwargs: Any) -> None:
         assert self.monitor is not None
         kwargs["optimizer"] = _unwrap_optimizer(kwargs.get("optimizer"))
-        if self._first_step:
-            # the probe set is drawn at the first step: reading the dataset (random transforms,
-            # an iterable dataset) must not move the training run's RNG streams
-            self._first_step = False
-            with preserved_rng(_cuda_devices(self.monitor.model)):
-                self.monitor.step(step, **kwargs)
-            return
         self.monitor.step(step, **kwargs)
 
-
-def _cuda_devices(model: torch.nn.Module) -> list[torch.device]:
-    return sorted({p.device for p in model.parameters() if p.device.type == "cuda"}, key=str)

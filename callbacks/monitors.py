@@ -33,8 +33,23 @@ class IntrinsicDimensionMonitor(MonitorCallback):
     """Intrinsic dimension of layer activations on the probe set: ``geometry/id/<layer>``.
 
     TwoNN by default (Facco et al., 2017, Sci. Rep. 7:12140); O(N^2 D) per layer. Under W&B
-    also the profile across layers (``geometry/id_profile``). Arguments as in
-    :class:`~geomonitor.callbacks.GeometryMonitor` (``method`` = ``id_method``).
+    also the profile across layers (``geometry/id_profile``).
+
+    Args:
+        layers: ``"auto"``, a module-name glob or a list of globs.
+        reduce: how a layer output becomes (N, features): ``"flatten"``, ``"mean"``, ``"last"``.
+        forward_fn: ``forward_fn(pl_module, batch)`` for the activation forward.
+        max_pending: background jobs in flight before new ones are dropped.
+        method: ``"twonn"``, ``"mle"`` or ``"pca"``.
+        every_n_steps: measure every n optimizer steps (None: not by steps).
+        every_n_epochs: measure every n epochs (None: not by epochs).
+        log_profile: under W&B, log the profile across layers.
+        probe_size: number of probe samples (drawn once, seeded, by index).
+        probe_seed: seed of the probe draw.
+        probe_data: ``None`` (the train dataloader), a DataLoader, a tensor or a tuple of tensors.
+        prog_bar: metric names (without ``geometry/``) shown in the progress bar.
+        strict: re-raise measurement errors instead of counting them.
+        max_overhead: cost cap, a share of training time in (0, 1] (``None``: no cap).
 
     Example:
         >>> IntrinsicDimensionMonitor(layers="encoder.*", every_n_steps=20)  # doctest: +SKIP
@@ -67,6 +82,20 @@ class SharpnessMonitor(MonitorCallback):
     et al., 2022). Cost ≤ ``max_hvp`` Hessian-vector products per measurement, warm-started.
     η is ``trainer.optimizers[0].param_groups[0]["lr"]`` at the time of the measurement.
 
+    Args:
+        every_n_steps: measure every n optimizer steps (None: not by steps).
+        every_n_epochs: measure every n epochs (None: not by epochs).
+        max_hvp: Hessian-vector-product budget per measurement.
+        tol: relative tolerance of the Lanczos iteration.
+        loss_fn: ``loss_fn(pl_module, batch) -> scalar``; default ``training_step``'s loss.
+        sharpness_probe_size: probe samples the sharpness uses (the first n; None: all).
+        probe_size: number of probe samples (drawn once, seeded, by index).
+        probe_seed: seed of the probe draw.
+        probe_data: ``None`` (the train dataloader), a DataLoader, a tensor or a tuple of tensors.
+        prog_bar: metric names (without ``geometry/``) shown in the progress bar.
+        strict: re-raise measurement errors instead of counting them.
+        max_overhead: cost cap, a share of training time in (0, 1] (``None``: no cap).
+
     Example:
         >>> SharpnessMonitor(every_n_steps=10, prog_bar=["sharpness", "eos_ratio"])  # doctest: +SKIP
     """
@@ -97,6 +126,23 @@ class TopologyMonitor(MonitorCallback):
     Vietoris–Rips H0/H1 on ≤ ``n_landmarks`` maxmin landmarks (giotto-ph in a child
     process, waited on by a background thread), logged against the step it measured; under
     W&B also the diagrams.
+
+    Args:
+        layers: ``"auto"``, a module-name glob or a list of globs.
+        reduce: how a layer output becomes (N, features): ``"flatten"``, ``"mean"``, ``"last"``.
+        forward_fn: ``forward_fn(pl_module, batch)`` for the activation forward.
+        max_pending: background jobs in flight before new ones are dropped.
+        every_n_steps: measure every n optimizer steps (None: not by steps).
+        every_n_epochs: measure every n epochs (None: not by epochs).
+        maxdim: 0 (H0 only) or 1.
+        n_landmarks: maxmin landmarks for H1 (>= 3), ``None`` for all probe points.
+        log_diagrams: under W&B, log each diagram (table + scatter plot).
+        probe_size: number of probe samples (drawn once, seeded, by index).
+        probe_seed: seed of the probe draw.
+        probe_data: ``None`` (the train dataloader), a DataLoader, a tensor or a tuple of tensors.
+        prog_bar: metric names (without ``geometry/``) shown in the progress bar.
+        strict: re-raise measurement errors instead of counting them.
+        max_overhead: cost cap, a share of training time in (0, 1] (``None``: no cap).
 
     Example:
         >>> TopologyMonitor(layers=["fc2"], every_n_epochs=1, n_landmarks=100)  # doctest: +SKIP
@@ -130,6 +176,14 @@ class NeuralPersistenceMonitor(MonitorCallback):
     ``geometry/neural_persistence/mean`` and ``geometry/neural_persistence/<layer>``.
 
     Needs no probe set; runs on the training thread (a few ms for an MLP).
+
+    Args:
+        every_n_steps: measure every n optimizer steps (None: not by steps).
+        every_n_epochs: measure every n epochs (None: not by epochs).
+        prog_bar: metric names (without ``geometry/``) shown in the progress bar.
+        strict: re-raise measurement errors instead of counting them.
+        max_pending: background jobs in flight before new ones are dropped.
+        max_overhead: cost cap, a share of training time in (0, 1] (``None``: no cap).
 
     Example:
         >>> NeuralPersistenceMonitor(every_n_epochs=1)  # doctest: +SKIP

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,7 +34,7 @@ import torch
 
 log = logging.getLogger("geomonitor")
 
-__all__ = ["TrainerSink", "WandbSink", "STEP_KEY", "GEOMETRY_STEP"]
+__all__ = ["TrainerSink", "WandbSink", "trainer_sink", "STEP_KEY", "GEOMETRY_STEP"]
 
 #: The step metric WandbLogger logs with every row; geometry metrics are charted against it.
 STEP_KEY = "trainer/global_step"
@@ -137,6 +138,18 @@ class TrainerSink:
         _alert(self.wandb_run(), title, text, level, wait_duration)
 
 
+_SINKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def trainer_sink(trainer: Any) -> TrainerSink:
+    """The one :class:`TrainerSink` of ``trainer``, shared by every callback of the fit: one
+    ``define_metric``, and one warning per failing logger for the whole fit."""
+    sink = _SINKS.get(trainer)
+    if sink is None:
+        sink = _SINKS[trainer] = TrainerSink(trainer)
+    return sink
+
+
 def _diagram_media(key: str, diagrams: Sequence[np.ndarray], step: int) -> dict[str, Any]:
     """A diagram as a ``wandb.Table`` (dim, birth, death; infinite deaths left out) and a scatter plot."""
     import wandb
@@ -181,10 +194,20 @@ class WandbSink:
     Args:
         run: a W&B run; ``None`` uses ``wandb.run`` at each call (nothing is logged while there
             is none).
+        commit: commit a row per delivery instead of adding to the loop's current row (for a
+            loop that commits rarely, such as the Hugging Face Trainer every ``logging_steps``:
+            uncommitted values of several steps would merge into one row).
+        step_keys: the keys that carry the described step in each row (the first is the step
+            metric ``geometry/*`` is charted against).
     """
 
-    def __init__(self, run: Any = None) -> None:
+    def __init__(self, run: Any = None, *, commit: bool = False,
+                 step_keys: Sequence[str] = (GEOMETRY_STEP,)) -> None:
+        if not step_keys or not all(isinstance(k, str) and k for k in step_keys):
+            raise ValueError(f"step_keys must be a non-empty sequence of keys, got {step_keys!r}")
         self._run = run
+        self.commit = bool(commit)
+        self.step_keys = tuple(step_keys)
         self._defined: set[int] = set()
 
     def wandb_run(self) -> Any | None:
@@ -198,25 +221,26 @@ class WandbSink:
         run = self.wandb_run()
         if run is not None and id(run) not in self._defined:
             self._defined.add(id(run))
-            run.define_metric(GEOMETRY_STEP)
+            run.define_metric(self.step_keys[0])
             for pattern in ("geometry/*", "alerts/*"):
-                run.define_metric(pattern, step_metric=GEOMETRY_STEP)
+                run.define_metric(pattern, step_metric=self.step_keys[0])
         return run
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        run = self._ready()
-        if run is not None and metrics:
-            run.log({**{k: float(v) for k, v in metrics.items()}, GEOMETRY_STEP: step}, commit=False)
-
-    def log_diagram(self, key: str, diagrams: Sequence[np.ndarray], step: int) -> None:
+    def _log(self, data: dict[str, Any], step: int) -> None:
         run = self._ready()
         if run is not None:
-            run.log({**_diagram_media(key, diagrams, step), GEOMETRY_STEP: step}, commit=False)
+            run.log({**data, **{k: int(step) for k in self.step_keys}}, commit=self.commit)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
+        if metrics:
+            self._log({k: float(v) for k, v in metrics.items()}, step)
+
+    def log_diagram(self, key: str, diagrams: Sequence[np.ndarray], step: int) -> None:
+        self._log(_diagram_media(key, diagrams, step), step)
 
     def log_profile(self, key: str, names: Sequence[str], values: Sequence[float], step: int) -> None:
-        run = self._ready()
-        if run is not None and names:
-            run.log({**_profile_media(key, names, values, step), GEOMETRY_STEP: step}, commit=False)
+        if names:
+            self._log(_profile_media(key, names, values, step), step)
 
     def alert(self, title: str, text: str, level: str = "WARN", wait_duration: float = 300.0) -> None:
         _alert(self.wandb_run(), title, text, level, wait_duration)

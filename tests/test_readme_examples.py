@@ -107,6 +107,25 @@ def test_lightning_example(wandb_dir):
     assert {"geometry/neural_persistence/mean", "geometry/ph/net.0/h1_n_bars"} <= set(metrics)
 
 
-@pytest.mark.skipif(pytest.importorskip("transformers") is None, reason="transformers missing")
-def test_hugging_face_example(tmp_path, monkeypatch):
-    pytest.skip("filled in with the Hugging Face snippet")
+def test_hugging_face_example(tmp_path, monkeypatch, wandb_dir):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    monkeypatch.chdir(tmp_path)  # output_dir="out" lands in tmp_path
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=64,
+                                       n_positions=32, bos_token_id=0, eos_token_id=0))
+    train_ds = []
+    for i in range(40):
+        ids = (7 * i + (1 + i % 3) * torch.arange(16)) % 64
+        train_ds.append({"input_ids": ids, "labels": ids.clone()})
+    code = _examples()["Hugging Face `Trainer`"].replace(
+        "TrainingArguments(", "TrainingArguments(max_steps=4, per_device_train_batch_size=8, "
+        "use_cpu=True, save_strategy='no', disable_tqdm=True, ").replace(
+        "id_every_n_steps=100, sharpness_every_n_steps=50", "id_every_n_steps=2, sharpness_every_n_steps=2")
+    ns = {"model": model, "train_ds": train_ds}
+    exec(code, ns)  # noqa: S102 - the README's own text
+    import wandb
+
+    wandb.finish()
+    keys = {k for r in ns["geometry_rows"] for k in r}
+    assert {"geometry/sharpness", "geometry/eos_ratio", "geometry/id/transformer.h.0"} <= keys

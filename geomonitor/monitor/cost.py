@@ -72,6 +72,11 @@ class CostCap:
         self._t0 = self.clock()
         self._own0 = self.own
 
+    def stop(self) -> None:
+        """Freeze the training-time clock (the end of training: idle time is not training)."""
+        self._before = self.training_time()
+        self._t0 = None
+
     def training_time(self) -> float:
         """Seconds of training so far: wall time since ``start`` minus the monitor's own."""
         if self._t0 is None:

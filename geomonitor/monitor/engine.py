@@ -244,6 +244,7 @@ class Monitor:
         if self._closed:
             return {}
         self._closed = True
+        self.cap.stop()
         try:  # pending jobs are bounded (giotto-ph on <= n_landmarks points); the timeout
             # only guards against a child that stopped answering
             self._worker.close(wait=wait, timeout=300.0)
@@ -329,13 +330,20 @@ class Monitor:
     def _start(self) -> None:
         self._started = True
         if any(f.enabled and f.needs_probe for f in self.families):
-            source = self._probe_source() if callable(self._probe_source) and not hasattr(
-                self._probe_source, "dataset") else self._probe_source
-            probe = make_probe(source, self.probe_size, self.probe_seed)
-            if self._probe_state is not None:
-                self._load_probe(probe)
-            self._probe = probe.to(_model_device(self.model))
+            device = _model_device(self.model)
+            # reading the data (random transforms, a stream) must not move the run's RNG streams
+            with preserved_rng([device] if device.type == "cuda" else []):
+                self._draw_probe()
         self.cap.start()
+
+    def _draw_probe(self) -> None:
+        source = self._probe_source
+        if callable(source) and not hasattr(source, "dataset"):
+            source = source()
+        probe = make_probe(source, self.probe_size, self.probe_seed)
+        if self._probe_state is not None:
+            self._load_probe(probe)
+        self._probe = probe.to(_model_device(self.model))
 
     def _load_probe(self, probe: ProbeSet) -> None:
         try:

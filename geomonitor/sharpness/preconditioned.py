@@ -94,16 +94,20 @@ def stability_threshold(
             optimizer: gradient descent, threshold 2/lr.
         params: the measured parameters (selects their param group).
     """
-    if lr is not None and not (isinstance(lr, (int, float)) and lr > 0 and lr < float("inf")):
-        raise ValueError(f"lr must be a positive finite float; got {lr!r}")
+    if lr is not None and not (isinstance(lr, (int, float)) and lr >= 0 and lr < float("inf")):
+        raise ValueError(f"lr must be a finite float >= 0; got {lr!r}")
+    if lr is not None and lr == 0:  # e.g. the last step of a linear schedule: no step, no edge
+        return Threshold(None, isinstance(optimizer, ADAM_FAMILY), "lr is 0: no edge of stability")
     if optimizer is None:
         if lr is None:
             return Threshold(None, False, "no optimizer or lr given")
         return Threshold(2.0 / lr, False, "gradient descent: 2/lr")
     group = _group_of(optimizer, params)
     eta = float(lr) if lr is not None else _lr(group["lr"])
-    if eta <= 0:
-        raise ValueError(f"the optimizer's lr must be positive; got {eta!r}")
+    if eta < 0:
+        raise ValueError(f"the optimizer's lr must be >= 0; got {eta!r}")
+    if eta == 0:
+        return Threshold(None, isinstance(optimizer, ADAM_FAMILY), "lr is 0: no edge of stability")
     if isinstance(optimizer, ADAM_FAMILY):
         b1 = float(group["betas"][0])
         return Threshold((2 + 2 * b1) / ((1 - b1) * eta), True, "Adam: (2+2*beta1)/((1-beta1)*lr)")

@@ -8,6 +8,7 @@ callback, a resumed Trainer continuing the series, and every ``raise`` of the ad
 from __future__ import annotations
 
 import copy
+import gc
 import math
 import pickle
 
@@ -15,7 +16,8 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
-from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainerState, TrainingArguments  # noqa: E402
+from transformers import (GPT2Config, GPT2LMHeadModel, Trainer, TrainerState,  # noqa: E402
+                          TrainingArguments)
 
 import wandb_offline  # noqa: E402
 from geomonitor.callbacks import GeometryTrainerCallback  # noqa: E402
@@ -24,6 +26,15 @@ from geomonitor.monitor.engine import MonitorWarning, make_probe  # noqa: E402
 
 N_SAMPLES, SEQ, BATCH = 40, 16, 8  # 5 optimizer steps per epoch
 LAYERS = ["transformer.h.0", "transformer.h.1"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One intra-op thread: these tiny models gain nothing from two, and lose on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def token_dataset(n: int = N_SAMPLES) -> list[dict[str, torch.Tensor]]:
@@ -68,8 +79,8 @@ def geometry_rows(log_history: list[dict]) -> dict[int, dict[str, float]]:
 
 
 def fit(tmp_path, cb=None, **arg_overrides):
-    trainer = Trainer(tiny_gpt2(), training_args(tmp_path, **arg_overrides), train_dataset=token_dataset(),
-                      callbacks=[cb] if cb is not None else None)
+    trainer = Trainer(tiny_gpt2(), training_args(tmp_path, **arg_overrides),
+                      train_dataset=token_dataset(), callbacks=[cb] if cb is not None else None)
     trainer.train()
     return trainer
 
@@ -115,13 +126,22 @@ def test_trainer_run_logs_every_family_to_log_history_and_wandb(tmp_path, wandb_
                 k for k in row if k.startswith("geometry/"))
     for step in (4, 8, 12):
         assert set(per_step) <= logged[step], (step, sorted(logged.get(step, ())))
-    assert "geometry/neural_persistence/mean" in logged[5]
+    assert all("geometry/neural_persistence/mean" in logged[s] for s in (5, 10, 12))
+    # one row per delivery: values of steps between two Trainer logs (every 4) are not merged
+    for row in history:
+        if "geometry/step" in row:
+            assert row["train/global_step"] == row["geometry/step"]
     for row in history:  # the W&B values are the log_history values
         if row.get("geometry/step") == 8 and "geometry/sharpness" in row:
             assert row["geometry/sharpness"] == pytest.approx(rows[8]["geometry/sharpness"], rel=1e-12)
     definitions = wandb_offline.metric_definitions(run_file)
     assert {"name": "", "glob_name": "geometry/*", "step_metric": "geometry/step"} in definitions
-    assert any("geometry/ph/transformer.h.0/diagram/table" in row for row in history)
+    for layer in LAYERS:  # persistence diagrams as tables, at every epoch end
+        assert {row["geometry/step"] for row in history
+                if f"geometry/ph/{layer}/diagram/table/nrows" in row} == {5, 10, 12}
+    profiles = [row for row in history if "geometry/id_profile/table/nrows" in row]
+    assert [(row["geometry/step"], row["geometry/id_profile/table/nrows"]) for row in profiles] == [
+        (4, 2), (8, 2), (12, 2)]  # the ID profile across the two blocks
 
 
 # -- the training run itself ---------------------------------------------------------------------
@@ -154,13 +174,14 @@ def test_resumed_trainer_continues_the_series(tmp_path):
     assert saved["last"] == {"id": 4, "sharpness": 4}
 
     again = callback(np_every_n_epochs=None)
-    resumed = Trainer(tiny_gpt2(), training_args(tmp_path, save_strategy="steps", save_steps=4, max_steps=8),
-                      train_dataset=token_dataset(), callbacks=[again])
+    args = training_args(tmp_path, save_strategy="steps", save_steps=4, max_steps=8)
+    resumed = Trainer(tiny_gpt2(), args, train_dataset=token_dataset(), callbacks=[again])
     resumed.train(resume_from_checkpoint=str(ckpt))
     assert torch.equal(again.probe.indices, first.probe.indices)
     a, b = full.model.state_dict(), resumed.model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)  # the Trainer resumed exactly
-    rows_full, rows_resumed = geometry_rows(full.state.log_history), geometry_rows(resumed.state.log_history)
+    rows_full = geometry_rows(full.state.log_history)
+    rows_resumed = geometry_rows(resumed.state.log_history)
     assert sorted(rows_resumed) == [4, 8]  # step 4 from the checkpoint's log history, 8 measured
     # the warm start and generator were restored: the same numbers as the uninterrupted run
     assert rows_resumed[8] == pytest.approx(rows_full[8], rel=1e-6)
@@ -171,8 +192,8 @@ def test_resume_without_saved_state_warns_and_starts_afresh(tmp_path):
     ckpt = tmp_path / "out" / "checkpoint-4"
     (ckpt / STATE_FILE).unlink()
     cb = callback(np_every_n_epochs=None)
-    trainer = Trainer(tiny_gpt2(), training_args(tmp_path, max_steps=8), train_dataset=token_dataset(),
-                      callbacks=[cb])
+    trainer = Trainer(tiny_gpt2(), training_args(tmp_path, max_steps=8),
+                      train_dataset=token_dataset(), callbacks=[cb])
     with pytest.warns(MonitorWarning, match="without .*geomonitor_state.pt"):
         trainer.train(resume_from_checkpoint=str(ckpt))
     assert cb.monitor._last == {"id": 8, "sharpness": 8}
@@ -186,7 +207,13 @@ def test_state_dict_round_trip_and_pickling(tmp_path):
     assert copy.deepcopy(cb).monitor is None and clone.monitor is None
     trainer = fit(tmp_path, cb, max_steps=4)
     state = cb.state_dict()
-    assert state["last"] == {"id": 4, "sharpness": 4} and state["probe"]["indices"].numel() == 32
+    # 4 steps cut the first epoch short: neural persistence ran at its end, step 4
+    assert state["last"] == {"id": 4, "sharpness": 4, "neural_persistence": 4}
+    assert state["probe"]["indices"].numel() == 32
+
+    with pytest.warns(MonitorWarning, match="no checkpoint folder"):  # saving outside output_dir
+        cb.on_save(training_args(tmp_path / "elsewhere"), trainer.state, trainer.control)
+    assert not (tmp_path / "elsewhere").exists()
 
     restored = callback()
     restored.load_state_dict(state)
@@ -194,12 +221,27 @@ def test_state_dict_round_trip_and_pickling(tmp_path):
     after = pickle.loads(pickle.dumps(cb))  # a used callback pickles too: its state travels
     assert after.monitor is None and after.state_dict()["last"] == state["last"]
     # loaded before train(): the probe indices and the schedule memory come from the state
-    trainer2 = Trainer(tiny_gpt2(), training_args(tmp_path / "r", max_steps=4), train_dataset=token_dataset(),
-                       callbacks=[restored])
+    trainer2 = Trainer(tiny_gpt2(), training_args(tmp_path / "r", max_steps=4),
+                       train_dataset=token_dataset(), callbacks=[restored])
     trainer2.train()
     assert torch.equal(restored.probe.indices, cb.probe.indices)
-    assert restored.state_dict()["last"] == {"id": 4, "sharpness": 4}
+    assert geometry_rows(trainer2.state.log_history) == {}  # step 4 was measured, per the state
+    assert restored.state_dict()["last"] == {"id": 4, "sharpness": 4, "neural_persistence": 4}
     assert trainer.state.global_step == trainer2.state.global_step == 4
+
+
+def test_a_run_that_never_ends_is_closed_with_the_callback(tmp_path):
+    # a Trainer that raises never calls on_train_end; the monitor must not outlive the callback
+    cb = callback(topology_every_n_steps=1, topology_every_n_epochs=None)
+    loader = torch.utils.data.DataLoader(token_dataset(), batch_size=BATCH)
+    cb.on_train_begin(training_args(tmp_path), TrainerState(), None, model=tiny_gpt2(),
+                      train_dataloader=loader)
+    cb.on_step_end(None, TrainerState(global_step=1), None)
+    monitor = cb.monitor
+    assert not monitor._closed
+    del cb
+    gc.collect()
+    assert monitor._closed
 
 
 def test_only_world_process_zero_writes():
@@ -268,6 +310,8 @@ def test_hook_and_helper_raises(tmp_path):
     # the loss it returns is the model's own causal-LM cross-entropy
     batch = {k: torch.stack([r[k] for r in token_dataset(4)]) for k in ("input_ids", "labels")}
     model.eval()
-    logits = model(input_ids=batch["input_ids"]).logits
-    expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 64), batch["labels"][:, 1:].reshape(-1))
-    assert float(model_loss(model, batch)) == pytest.approx(float(expected), rel=1e-5)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"]).logits
+        expected = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 64),
+                                                     batch["labels"][:, 1:].reshape(-1))
+        assert float(model_loss(model, batch)) == pytest.approx(float(expected), rel=1e-5)

@@ -33,7 +33,7 @@ import wandb_offline  # noqa: E402
 
 from geomonitor.callbacks import GeometryMonitor, NeuralPersistenceEarlyStopping  # noqa: E402
 from geomonitor.callbacks.early_stopping import NP_KEY  # noqa: E402
-from geomonitor.callbacks.sinks import STEP_KEY  # noqa: E402
+from geomonitor.callbacks.sinks import STEP_KEY, TrainerSink  # noqa: E402
 
 PACKAGES = ["pytorch_lightning", "lightning.pytorch"]
 _FAST = dict(accelerator="cpu", devices=1, enable_progress_bar=False, enable_model_summary=False,
@@ -190,9 +190,9 @@ def test_np_early_stopping_stopping_threshold_stops_the_fit(pkg):
 
 
 # -- W&B extras with lightning.pytorch's WandbLogger -------------------------------------------
-def _table(run_file: str, entry: dict) -> dict:
-    path = os.path.join(os.path.dirname(run_file), "files", entry["path"])
-    with open(path) as f:
+def _table(run_file: str, path: str) -> dict:
+    """A ``wandb.Table`` as W&B wrote it next to the run file (``files/<path>``)."""
+    with open(os.path.join(os.path.dirname(run_file), "files", path)) as f:
         return json.load(f)
 
 
@@ -210,6 +210,9 @@ def test_lightning_trainer_with_its_wandb_logger_gets_the_wandb_extras(tmp_path,
     assert trainer.early_stopping_callback is es
     model = LDigits()
     trainer.fit(model, _loader())  # 4 steps per epoch: measured at steps 4 and 8
+    sink = TrainerSink(trainer)
+    assert sink.wandb_run() is wb.experiment  # alerts reach lightning.pytorch's WandbLogger too
+    sink.alert("probe alert", "sent through the trainer's sink", level="INFO", wait_duration=0)
     wb.experiment.finish()
     assert mon.errors == {}
 
@@ -217,6 +220,8 @@ def test_lightning_trainer_with_its_wandb_logger_gets_the_wandb_extras(tmp_path,
     rows = wandb_offline.history(run_file)
     assert {"name": "", "glob_name": "geometry/*", "step_metric": STEP_KEY} in \
         wandb_offline.metric_definitions(run_file)
+    assert [(a["title"], a["text"]) for a in wandb_offline.alerts(run_file)] == [
+        ("probe alert", "sent through the trainer's sink")]
 
     # every geometry key, at its step
     keys = {"geometry/id/fc1", "geometry/id/fc2", "geometry/neural_persistence/mean",
@@ -230,7 +235,7 @@ def test_lightning_trainer_with_its_wandb_logger_gets_the_wandb_extras(tmp_path,
     profiles = {r[STEP_KEY]: r for r in rows if "geometry/id_profile/table/path" in r}
     assert sorted(profiles) == [4, 8]
     for step, row in profiles.items():
-        table = _table(run_file, {"path": row["geometry/id_profile/table/path"]})
+        table = _table(run_file, row["geometry/id_profile/table/path"])
         assert table["columns"] == ["depth", "layer", "value"]
         (ids,) = [r for r in rows if r.get(STEP_KEY) == step and "geometry/id/fc1" in r]
         assert table["data"] == [[0, "fc1", pytest.approx(ids["geometry/id/fc1"])],
@@ -247,7 +252,7 @@ def test_lightning_trainer_with_its_wandb_logger_gets_the_wandb_extras(tmp_path,
     assert float(trainer.callback_metrics["geometry/id/fc1"]) == pytest.approx(ref_id, rel=0.1)
     for layer, h in acts.items():
         (row,) = [r for r in rows if r.get(STEP_KEY) == 8 and f"geometry/ph/{layer}/diagram/table/path" in r]
-        table = _table(run_file, {"path": row[f"geometry/ph/{layer}/diagram/table/path"]})
+        table = _table(run_file, row[f"geometry/ph/{layer}/diagram/table/path"])
         assert table["columns"] == ["dim", "birth", "death"]
         got = np.array(table["data"], dtype=float)
         pts = h.double().numpy()

@@ -54,10 +54,23 @@ def test_threshold_errors():
     with pytest.raises(ValueError, match="disagree on 'lr'"):
         stability_threshold(opt)
     assert stability_threshold(opt, params=[b]).value == pytest.approx(10.0)
-    with pytest.raises(ValueError, match="lr must be a positive finite float"):
+    with pytest.raises(ValueError, match="lr must be a finite float >= 0"):
         stability_threshold(None, -1.0)
-    with pytest.raises(ValueError, match="optimizer's lr must be positive"):
-        stability_threshold(torch.optim.SGD([a], lr=0.0))
+    opt = torch.optim.SGD([a], lr=0.1)
+    opt.param_groups[0]["lr"] = -0.1
+    with pytest.raises(ValueError, match="optimizer's lr must be >= 0"):
+        stability_threshold(opt)
+
+
+@pytest.mark.parametrize("make", [lambda p: torch.optim.SGD(p, lr=0.0),
+                                  lambda p: torch.optim.Adam(p, lr=0.0)])
+def test_zero_lr_has_no_edge_of_stability(make):
+    # the last step of a linear schedule: sharpness is still measured, eos_ratio is not
+    a = torch.nn.Parameter(torch.zeros(1))
+    opt = make([a])
+    assert stability_threshold(opt).value is None
+    assert stability_threshold(opt, 0.0).value is None
+    assert "lr is 0" in stability_threshold(opt).rule
 
 
 def test_adam_preconditioned_sharpness_matches_dense():
