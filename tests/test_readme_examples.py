@@ -107,7 +107,7 @@ def test_lightning_example(wandb_dir):
     assert {"geometry/neural_persistence/mean", "geometry/ph/net.0/h1_n_bars"} <= set(metrics)
 
 
-def test_hugging_face_example(tmp_path, monkeypatch, wandb_dir):
+def test_hugging_face_example(tmp_path, monkeypatch):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     monkeypatch.chdir(tmp_path)  # output_dir="out" lands in tmp_path
@@ -121,11 +121,9 @@ def test_hugging_face_example(tmp_path, monkeypatch, wandb_dir):
     code = _examples()["Hugging Face `Trainer`"].replace(
         "TrainingArguments(", "TrainingArguments(max_steps=4, per_device_train_batch_size=8, "
         "use_cpu=True, save_strategy='no', disable_tqdm=True, ").replace(
-        "id_every_n_steps=100, sharpness_every_n_steps=50", "id_every_n_steps=2, sharpness_every_n_steps=2")
+        "id_every_n_steps=100, sharpness_every_n_steps=50", "id_every_n_steps=2, sharpness_every_n_steps=2"
+    ).replace('report_to=["wandb"]', "report_to=[]")  # W&B through the Trainer: test_hf_trainer.py
     ns = {"model": model, "train_ds": train_ds}
     exec(code, ns)  # noqa: S102 - the README's own text
-    import wandb
-
-    wandb.finish()
     keys = {k for r in ns["geometry_rows"] for k in r}
     assert {"geometry/sharpness", "geometry/eos_ratio", "geometry/id/transformer.h.0"} <= keys
