@@ -47,10 +47,10 @@ a one-shot stream                        ``ValueError`` before anything is read:
                                          its own)
 =======================================  ================================================
 
-Not covered: state a stream keeps elsewhere (a module-level iterator, a socket, a cursor
-in a database) cannot be detected; such a stream needs explicit probe data too. Workers'
-sharding (``get_worker_info``) does not apply to the in-process read, so the probe set is
-the start of the unsharded stream.
+Not covered: state a stream keeps elsewhere (a module-level iterator, a socket, a cursor in
+a database) cannot be seen from the dataset; such a stream needs explicit probe data too.
+Workers' sharding (``get_worker_info``) does not apply to the in-process read, so the probe
+set is the start of the unsharded stream. The mechanics: :mod:`geomonitor.monitor._untouched`.
 
 ``size`` larger than the data is a documented degradation, not an error: the whole dataset is
 used (``len(probe)`` tells how many samples there are). An empty dataset is a ``ValueError``.
@@ -73,20 +73,16 @@ Example:
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import itertools
-import random
-import types
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, IterableDataset, IterDataPipe, default_collate
+from torch.utils.data import IterableDataset, default_collate
 
 from geomonitor._checks import positive_int
-from geomonitor.sharpness.isolation import preserved_rng
+from geomonitor.monitor._untouched import close_iterator, fresh_iterator, held_objects, untouched
 
 __all__ = ["ProbeSet", "move_to"]
 
@@ -106,93 +102,6 @@ def _draw(n: int, size: int | None, seed: int) -> torch.Tensor:
         return torch.arange(n)
     gen = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=gen)[:size].sort().values
-
-
-_HELD_DEPTH = 3  # datasets inside datasets searched for RNGs and iterators
-_HELD_ITEMS = 64  # container attributes longer than this are data, not datasets: not searched
-
-
-def _held(dataset: Any) -> list[Any]:
-    """Objects held as attributes by ``dataset`` and the datasets it holds (in short lists,
-    tuples and dicts too, as ``ChainDataset.datasets``), each once."""
-    out: list[Any] = []
-    seen: set[int] = set()
-    stack = [(dataset, 0)]
-    while stack:
-        obj, depth = stack.pop()
-        if id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        try:
-            attrs = list(vars(obj).values())
-        except TypeError:  # no __dict__
-            continue
-        for value in attrs:
-            items = [value]
-            if isinstance(value, (list, tuple, dict)) and len(value) <= _HELD_ITEMS:
-                items = list(value.values() if isinstance(value, dict) else value)
-            for item in items:
-                out.append(item)
-                if isinstance(item, Dataset) and depth + 1 < _HELD_DEPTH:
-                    stack.append((item, depth + 1))
-    return out
-
-
-def _one_shot(dataset: Any, held: list[Any]) -> str | None:
-    """Why reading ``dataset`` here would consume what training reads, or None."""
-    for obj in held:
-        if isinstance(obj, io.IOBase):
-            if not obj.closed and not obj.seekable():
-                return f"it holds a non-seekable {type(obj).__name__} stream"
-        elif isinstance(obj, Iterator):
-            return f"it holds a {type(obj).__name__} object, an iterator that a read would consume"
-    return None
-
-
-def _restorers(held: list[Any]) -> tuple[list[Callable[[], Any]], str | None]:
-    """Callables putting back the state of the RNG objects and seekable files in ``held``,
-    and the reason a file's position cannot be saved (then the stream is one-shot)."""
-    out: list[Callable[[], Any]] = []
-    for obj in held:
-        if isinstance(obj, torch.Generator):
-            out.append(lambda g=obj, st=obj.get_state(): g.set_state(st))
-        elif isinstance(obj, np.random.Generator):
-            out.append(lambda g=obj, st=obj.bit_generator.state: setattr(g.bit_generator, "state", st))
-        elif isinstance(obj, np.random.RandomState):
-            out.append(lambda g=obj, st=obj.get_state(): g.set_state(st))
-        elif isinstance(obj, random.Random):
-            out.append(lambda g=obj, st=obj.getstate(): g.setstate(st))
-        elif isinstance(obj, io.IOBase) and not obj.closed and obj.seekable():
-            try:
-                pos = obj.tell()
-            except (OSError, ValueError):  # e.g. a text file in the middle of a for loop
-                return out, f"it holds a {type(obj).__name__} whose position cannot be saved"
-            out.append(lambda f=obj, pos=pos: f.seek(pos))
-    return out, None
-
-
-@contextlib.contextmanager
-def _untouched(held: list[Any]) -> Iterator[None]:
-    """Restore, on exit, the global RNGs (torch CPU, initialised CUDA devices, numpy, python)
-    and the RNG objects and file positions in ``held``; a CUDA generator first initialised
-    inside is reset to its seeded, unused state."""
-    restore, _ = _restorers(held)
-    cuda = torch.cuda.is_available()
-    was_initialised = cuda and torch.cuda.is_initialized()
-    try:
-        with preserved_rng(range(torch.cuda.device_count()) if was_initialised else ()):
-            yield
-    finally:
-        for undo in restore:
-            undo()
-        if cuda and not was_initialised and torch.cuda.is_initialized():
-            for gen in torch.cuda.default_generators:
-                gen.manual_seed(gen.initial_seed())
-
-
-def _close(it: Any) -> None:
-    if isinstance(it, types.GeneratorType):
-        it.close()
 
 
 def move_to(obj: Any, device: torch.device | str) -> Any:
@@ -372,7 +281,7 @@ class ProbeSet:
         # batch_size=None disables automatic batching: collate_fn then converts single samples
         auto = getattr(dataloader, "batch_sampler", True) is not None
         collate = getattr(dataloader, "collate_fn", None) if auto else None
-        with _untouched(_held(dataloader.dataset)):  # random __getitem__ (augmentation)
+        with untouched(held_objects(dataloader.dataset)):  # random __getitem__ (augmentation)
             samples = [dataloader.dataset[int(i)] for i in indices]
             return (collate or default_collate)(samples)
 
@@ -381,38 +290,18 @@ class ProbeSet:
         """The first ``size`` samples of a fresh iterator over the IterableDataset, read here
         with every RNG restored afterwards; ``ValueError`` for a one-shot stream."""
         dataset = dataloader.dataset
-        held = _held(dataset)
-        reason = _one_shot(dataset, held) or _restorers(held)[1]
+        held = held_objects(dataset)
         auto = getattr(dataloader, "batch_sampler", True) is not None  # as in _collate
         collate = getattr(dataloader, "collate_fn", None) or (default_collate if auto else None)
-        # a DataPipe's __iter__ resets it (and invalidates its previous iterator), even where
-        # it returns itself: the identity checks below do not apply to it
-        pipe = isinstance(dataset, IterDataPipe)
-        with _untouched(held):
-            first = iter(dataset) if reason is None else None
-            if first is not None and not pipe:
-                again = iter(dataset)
-                if first is dataset:
-                    reason = "it is its own iterator (its __iter__ returns itself)"
-                elif again is first:
-                    reason = "its __iter__ returns the same iterator every time"
-                else:
-                    _close(first)
-                    first = again
-            if reason is not None:
-                raise ValueError(
-                    f"dataloader.dataset ({type(dataset).__name__}) is a one-shot stream: "
-                    f"{reason}, so drawing a probe set from it would consume samples the "
-                    "training loop reads. Pass the probe data explicitly: probe_data= (a "
-                    "tensor, a tuple of tensors, or a DataLoader over data that can be read "
-                    "again), or ProbeSet.from_tensors(...)")
+        with untouched(held):
+            items = fresh_iterator(dataset, held)
             try:
                 if auto:
-                    samples = list(itertools.islice(first, size))
+                    samples = list(itertools.islice(items, size))
                     return _checked(collate(samples) if samples else None, len(samples))
-                return ProbeSet._concat_first(first, size, collate)
+                return ProbeSet._concat_first(items, size, collate)
             finally:
-                _close(first)
+                close_iterator(items)
 
     @staticmethod
     def _concat_first(items: Iterator[Any], size: int, convert: Any) -> Any:
