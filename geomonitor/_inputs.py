@@ -13,7 +13,8 @@ float32 / float64      kept
 integer / bool         converted to float32 (float64 for 64-bit integers)
 complex                ``ValueError``
 not 2-D                ``ValueError`` naming the shape
-rows with NaN / Inf    dropped; the count is returned so callers can report it
+rows with NaN / Inf    dropped; the count is returned so callers can report it (with
+                       ``drop_nonfinite=False``, as ``knn``: ``ValueError`` naming the rows)
 fewer than min_points  ``ValueError`` after dropping, saying how many finite rows remain
 =====================  =====================================================================
 
