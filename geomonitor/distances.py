@@ -11,13 +11,29 @@ is centred first and the k nearest neighbours it selects are *refined*: their di
 recomputed directly as ``||a - b||`` (O(N k D), negligible). Selection can only err where two
 candidates are within rounding of each other, which changes no estimate.
 
+Input. :func:`knn` and :func:`pairwise_distances` take ``X`` through the same boundary as the
+estimators (:func:`geomonitor._inputs.as_points`): numpy arrays and other array-likes are
+accepted, integers and bool are computed in float32 (64-bit integers in float64),
+float16/bfloat16 in float32, and the result has that compute dtype. A row with NaN or Inf is
+a ``ValueError`` naming the rows: the results are per row, so dropping rows (as the
+estimators do, counting them) would silently renumber them. Before any square is taken the
+cloud is scaled by a power of two (:func:`geomonitor._inputs.unit_scale`, exact), so float32
+clouds with values up to float32's maximum or down to 1e-30 give the distances a float64
+computation gives, to float32 rounding; distances beyond the range of the compute dtype
+(float32 clouds above ~1e38 / sqrt(D), float64 ones near 1e308) raise ``ValueError``.
+
 Example:
     >>> X = torch.randn(1000, 32)
     >>> d, idx = knn(X, k=2)          # (1000, 2) distances, ascending; self excluded
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+
+from geomonitor._checks import positive_int
+from geomonitor._inputs import as_points, unit_scale, unscale
 
 __all__ = ["auto_chunk_size", "knn", "pairwise_distances", "sq_dists"]
 
@@ -36,12 +52,33 @@ def sq_dists(A: torch.Tensor, B: torch.Tensor, B_sq: torch.Tensor | None = None)
     return (a_sq + b_sq - 2.0 * (A @ B.T)).clamp_min_(0.0)
 
 
-def pairwise_distances(X: torch.Tensor, *, chunk_size: int | None = None) -> torch.Tensor:
+def _centred_unit(X: Any) -> tuple[torch.Tensor, int]:
+    """The validated cloud (see module docstring), scaled by 2^-e and centred, and e."""
+    P = as_points(X, min_points=1, drop_nonfinite=False).X
+    Xs, e = unit_scale(P)
+    mean = Xs.mean(dim=0, keepdim=True)
+    return (Xs.sub_(mean) if e else Xs - mean), e  # with e != 0, Xs is a copy of our own
+
+
+def pairwise_distances(X: Any, *, chunk_size: int | None = None) -> torch.Tensor:
     """Dense (N, N) Euclidean distance matrix with an exact zero diagonal and exact symmetry.
+
+    Args:
+        X: (N, D) point cloud, N >= 1: a tensor on any device, or a numpy array; see the
+            module docstring for dtypes.
+        chunk_size: rows per block; by default sized to ~128 MiB per block.
+
+    Returns:
+        (N, N) tensor in the compute dtype, on ``X``'s device.
+
+    Raises:
+        ValueError: ``X`` not (N, D), complex, empty or with NaN/Inf rows; a bad
+            ``chunk_size``; distances beyond the compute dtype's range.
 
     Use only where N x N fits in memory (landmark sets, small clouds). Cost O(N^2 D).
     """
-    X = X - X.mean(dim=0, keepdim=True)
+    chunk_size = positive_int("chunk_size", chunk_size, allow_none=True)
+    X, exponent = _centred_unit(X)
     n = X.shape[0]
     cs = chunk_size or auto_chunk_size(n, n)
     x_sq = (X * X).sum(dim=1)
@@ -50,30 +87,37 @@ def pairwise_distances(X: torch.Tensor, *, chunk_size: int | None = None) -> tor
         out[s : s + cs] = sq_dists(X[s : s + cs], X, x_sq).sqrt_()
     out = 0.5 * (out + out.T)
     out.fill_diagonal_(0.0)
-    return out
+    return unscale(out, exponent)
 
 
 def knn(
-    X: torch.Tensor, k: int, *, chunk_size: int | None = None, refine: bool = True
+    X: Any, k: int, *, chunk_size: int | None = None, refine: bool = True
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact k nearest neighbours of every row of ``X`` among the other rows.
 
     Args:
-        X: (N, D) floating tensor; any device. Compute happens in ``X.dtype``.
-        k: neighbours per point, ``1 <= k < N``.
+        X: (N, D) point cloud: a tensor on any device, or a numpy array; see the module
+            docstring for dtypes and NaN/Inf rows. Compute happens in the compute dtype.
+        k: neighbours per point, an int with ``1 <= k < N``.
         chunk_size: rows per block; by default sized to ~128 MiB per block.
         refine: recompute the selected distances directly (see module docstring).
 
     Returns:
-        ``(dist, idx)``, both (N, k): distances ascending along dim 1, and neighbour indices.
-        A point never counts as its own neighbour; duplicates appear at distance 0.
+        ``(dist, idx)``, both (N, k) on ``X``'s device: distances ascending along dim 1 (in
+        the compute dtype), and neighbour indices (int64). A point never counts as its own
+        neighbour; duplicates appear at distance 0.
+
+    Raises:
+        ValueError: ``X`` not (N, D), complex, empty or with NaN/Inf rows; ``k`` not an int
+            in [1, N); a bad ``chunk_size``; distances beyond the compute dtype's range.
 
     Cost: O(N^2 D) flops, O(chunk_size * N) extra memory.
     """
+    chunk_size = positive_int("chunk_size", chunk_size, allow_none=True)
+    X, exponent = _centred_unit(X)
     n = X.shape[0]
-    if not 1 <= k < n:
-        raise ValueError(f"k must satisfy 1 <= k < N={n}, got k={k}")
-    X = X - X.mean(dim=0, keepdim=True)
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < n:
+        raise ValueError(f"k must be an int with 1 <= k < N={n}, got k={k!r}")
     cs = chunk_size or auto_chunk_size(n, n)
     x_sq = (X * X).sum(dim=1)
     dists = torch.empty(n, k, dtype=X.dtype, device=X.device)
@@ -95,4 +139,4 @@ def knn(
             d = (X[s : s + sub].unsqueeze(1) - X[idx]).norm(dim=2)
             d, order = d.sort(dim=1)
             dists[s : s + sub], index[s : s + sub] = d, idx.gather(1, order)
-    return dists, index
+    return unscale(dists, exponent), index

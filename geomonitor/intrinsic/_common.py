@@ -7,6 +7,15 @@ distance, so the check costs nothing when there are none) and then either droppe
 one copy of each distinct point, with an :class:`IntrinsicDimensionWarning` that says how
 many rows went (``duplicates="drop"``, the default), or reported by a ``ValueError`` that says
 how many points have a duplicate (``duplicates="raise"``).
+
+Near duplicates (distinct rows much closer to each other than to the rest of the cloud, e.g.
+pairs 1e-7 apart in a cloud of spread 1) pass that check and drive the nearest-neighbour
+estimators towards 0: TwoNN's ratio r2/r1 becomes huge for every point (TwoNN gives ~0.05 for
+such pairs, as scikit-dimension does), and MLE's log T_k/T_j terms grow likewise. A point
+cloud sampling a manifold of dimension >= 1 gives estimates around 1 or more, so an estimate
+below :data:`DEGENERATE_BELOW` (0.5) comes with an :class:`IntrinsicDimensionWarning` saying
+the input is degenerate; the value itself is returned unchanged (it is what the estimator
+defines).
 """
 from __future__ import annotations
 
@@ -18,13 +27,16 @@ import torch
 from geomonitor import _inputs
 from geomonitor import distances as _distances
 
-__all__ = ["Estimate", "IntrinsicDimensionWarning", "neighbour_distances", "points"]
+__all__ = ["DEGENERATE_BELOW", "Estimate", "IntrinsicDimensionWarning", "flag_degenerate",
+           "neighbour_distances", "points"]
 
 DUPLICATE_POLICIES = ("drop", "raise")
+DEGENERATE_BELOW = 0.5
 
 
 class IntrinsicDimensionWarning(UserWarning):
-    """Input was degraded before estimation (rows with NaN/Inf or exact duplicates removed)."""
+    """Input was degraded before estimation (rows with NaN/Inf or exact duplicates removed),
+    or the estimate says the input is degenerate (below 0.5: near-duplicate points)."""
 
 
 class Estimate(NamedTuple):
@@ -41,6 +53,17 @@ class Estimate(NamedTuple):
     n_points: int
     n_nonfinite: int = 0
     n_duplicates: int = 0
+
+
+def flag_degenerate(est: Estimate, method: str, *, name: str = "X") -> Estimate:
+    """``est`` unchanged; warns (:class:`IntrinsicDimensionWarning`) when its dimension is
+    below :data:`DEGENERATE_BELOW`, the mark of near-duplicate points (module docstring)."""
+    if est.dimension < DEGENERATE_BELOW:
+        warnings.warn(f"{name}: {method} dimension {est.dimension:.3g} is below "
+                      f"{DEGENERATE_BELOW} on {est.n_points} points, which indicates degenerate "
+                      "input (near-duplicate points: nearest neighbours far closer than the next "
+                      "ones), not a dimension", IntrinsicDimensionWarning, stacklevel=4)
+    return est
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -82,6 +105,11 @@ def check_bool(name: str, value: Any) -> bool:
 def points(X: Any, *, name: str = "X") -> tuple[torch.Tensor, int]:
     """Validated (N, D) float32/float64 cloud on its own device, and the count of NaN/Inf rows.
 
+    The cloud comes back multiplied by the power of two that brings its largest absolute value
+    into [1/2, 1) (:func:`geomonitor._inputs.unit_scale`): exact, and every estimator here is
+    scale-free, while squared distances of float32 values above ~1e19 or below ~1e-19 would
+    overflow or underflow.
+
     Warns (:class:`IntrinsicDimensionWarning`) when rows were dropped; raises ``ValueError``
     for fewer than 3 finite points or a constant cloud (all points identical).
     """
@@ -92,7 +120,7 @@ def points(X: Any, *, name: str = "X") -> tuple[torch.Tensor, int]:
     if bool((P.X == P.X[:1]).all()):
         raise ValueError(f"{name} is constant (all {P.X.shape[0]} points identical); "
                          "the intrinsic dimension is undefined")
-    return P.X, P.n_dropped
+    return _inputs.unit_scale(P.X)[0], P.n_dropped
 
 
 def neighbour_distances(

@@ -22,8 +22,12 @@ Bad input, for every method: fewer than 3 finite points and constant data raise
 ``ValueError``; rows with NaN/Inf are dropped with an
 :class:`~geomonitor.intrinsic.IntrinsicDimensionWarning` giving the count; integer input is
 cast to float; fp16/bf16 are computed in float32. Exact duplicates (twonn, mle) are dropped
-with a warning giving the count, or raise with ``duplicates="raise"``. The result is always
-a finite float or an exception, never NaN.
+with a warning giving the count, or raise with ``duplicates="raise"``; near-duplicate points
+(twonn, mle: an estimate below 0.5) give the estimate with an ``IntrinsicDimensionWarning``
+saying the input is degenerate. Float32 clouds of any finite scale (values of 1e30 or 1e-30,
+whose squared distances overflow or underflow float32) give the float64 estimate: the cloud is
+rescaled by a power of two first, exactly. The result is always a finite float or an
+exception, never NaN.
 
 Example:
     >>> X = torch.randn(2000, 8) @ torch.randn(8, 256)

@@ -37,8 +37,8 @@ from typing import Any
 import torch
 
 from geomonitor.intrinsic._common import (
-    DUPLICATE_POLICIES, Estimate, check_bool, check_choice, check_int, neighbour_distances,
-    points,
+    DUPLICATE_POLICIES, Estimate, check_bool, check_choice, check_int, flag_degenerate,
+    neighbour_distances, points,
 )
 
 __all__ = ["check_mle_options", "mle", "mle_estimate", "mle_from_distances"]
@@ -79,7 +79,7 @@ def mle_estimate(
     k, unbiased, chunk_size, duplicates = o["k"], o["unbiased"], o["chunk_size"], o["duplicates"]
     P, n_bad = points(X)
     dist, n_dup = neighbour_distances(P, k, chunk_size=chunk_size, duplicates=duplicates)
-    return Estimate(mle_from_distances(dist, unbiased), dist.shape[0], n_bad, n_dup)
+    return flag_degenerate(Estimate(mle_from_distances(dist, unbiased), dist.shape[0], n_bad, n_dup), "MLE")
 
 
 def mle(

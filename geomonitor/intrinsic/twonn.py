@@ -23,7 +23,9 @@ in float64.
 Failure modes: fewer than 3 finite points, a constant cloud, too few points left to fit
 (n_keep < 2) and a degenerate fit (every kept ratio equal to 1, e.g. a regular grid) raise
 ``ValueError``; NaN/Inf rows and exact duplicates are handled as described in
-:mod:`geomonitor.intrinsic._common`.
+:mod:`geomonitor.intrinsic._common`; an estimate below 0.5 (near-duplicate points) warns
+(:class:`~geomonitor.intrinsic.IntrinsicDimensionWarning`). Float32 clouds of any finite
+scale (1e-30 or 1e30) give the float64 estimate: the cloud is rescaled by a power of two.
 
 Example:
     >>> X = torch.randn(2000, 5) @ torch.randn(5, 100)   # a 5-dim subspace of R^100
@@ -36,7 +38,7 @@ from typing import Any
 import torch
 
 from geomonitor.intrinsic._common import (
-    DUPLICATE_POLICIES, Estimate, check_choice, check_fraction, check_int,
+    DUPLICATE_POLICIES, Estimate, check_choice, check_fraction, check_int, flag_degenerate,
     neighbour_distances, points,
 )
 
@@ -87,7 +89,7 @@ def twonn_estimate(
     P, n_bad = points(X)
     dist, n_dup = neighbour_distances(P, 2, chunk_size=chunk_size, duplicates=duplicates)
     d = twonn_from_ratios(dist[:, 1] / dist[:, 0], discard_fraction)
-    return Estimate(d, dist.shape[0], n_bad, n_dup)
+    return flag_degenerate(Estimate(d, dist.shape[0], n_bad, n_dup), "TwoNN")
 
 
 def twonn(

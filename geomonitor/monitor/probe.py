@@ -2,21 +2,55 @@
 
 Geometry measured on a different random batch at every step mixes two sources of variation
 (the model changed, the batch changed). A probe set removes the second: ``size`` samples are
-drawn *once*, by index, with a seeded ``torch.Generator`` (the global RNG streams are never
-touched, and the training sampler is never iterated, so drawing the probe set changes nothing
-about the training run), and every later measurement uses exactly these samples.
+drawn *once* and every later measurement uses exactly these samples.
 
 Sources:
 
 * :meth:`ProbeSet.from_dataloader` -- map-style dataset: ``size`` distinct indices drawn
-  uniformly without replacement (``torch.randperm`` with the seeded generator, then sorted for
-  sequential reads), samples read as ``dataloader.dataset[i]`` and collated with
-  ``dataloader.collate_fn``, so ``batch`` has the structure the training loop sees.
-  ``IterableDataset`` (no indexing): the first ``size`` samples the dataloader yields (batches
-  cut and concatenated along dim 0; ``indices`` is ``None``); the seed is then unused and the
-  probe set is only as reproducible as the iteration order of the dataset.
+  uniformly without replacement (``torch.randperm`` with a ``torch.Generator`` seeded by
+  ``seed``, then sorted for sequential reads), samples read as ``dataloader.dataset[i]`` and
+  collated with ``dataloader.collate_fn``, so ``batch`` has the structure the training loop
+  sees. ``IterableDataset`` (no indexing): the first ``size`` samples of a *separate*
+  iterator ``iter(dataloader.dataset)``, read in this process and collated once (with
+  ``batch_size=None``, the first items cut and concatenated along dim 0); ``indices`` is
+  ``None``, the seed is unused, and the probe set is as reproducible as the stream.
 * :meth:`ProbeSet.from_tensors` -- tensors sharing their first dimension; rows drawn the same
   way (all rows, in order, when ``size`` is ``None``).
+
+What drawing the probe set leaves alone (the training run is the one it would be without it):
+
+=======================================  ================================================
+state                                    handling
+=======================================  ================================================
+the dataloader (its sampler, batch       never iterated; no worker process is started
+sampler, workers, ``generator``)
+global RNGs: torch CPU, CUDA (devices    saved before the draw, restored after, so a
+already initialised), numpy's legacy     dataset drawing from them in ``__getitem__`` /
+``np.random``, python ``random``         ``__iter__`` (augmentation, shuffling buffers)
+                                         sees the same numbers with or without the draw;
+                                         a CUDA generator first initialised by the draw
+                                         is reset to its fresh, seeded state
+RNG objects held by the dataset (a       state saved and restored (attributes of the
+``torch.Generator``, ``np.random.``      dataset and of datasets it holds, e.g.
+``Generator`` / ``RandomState``,         ``ChainDataset``)
+``random.Random``)
+an ``IterableDataset`` that can be       read once more through its own fresh iterator
+iterated again (``__iter__`` returns a   (closed afterwards); its samples stay those the
+new iterator each time)                  training loop will read
+a one-shot stream                        ``ValueError`` before anything is read: the
+                                         dataset is its own iterator, ``__iter__``
+                                         returns the same iterator twice, or the dataset
+                                         (or one it holds) holds an iterator or generator
+                                         object -- reading it would consume training
+                                         samples. Pass the probe data explicitly instead
+                                         (:meth:`from_tensors`, or a DataLoader of
+                                         its own)
+=======================================  ================================================
+
+Not covered: state a stream keeps elsewhere (a module-level iterator, a socket, a cursor in
+a database) cannot be seen from the dataset; such a stream needs explicit probe data too.
+Workers' sharding (``get_worker_info``) does not apply to the in-process read, so the probe
+set is the start of the unsharded stream. The mechanics: :mod:`geomonitor.monitor._untouched`.
 
 ``size`` larger than the data is a documented degradation, not an error: the whole dataset is
 used (``len(probe)`` tells how many samples there are). An empty dataset is a ``ValueError``.
@@ -24,7 +58,8 @@ used (``len(probe)`` tells how many samples there are). An empty dataset is a ``
 State: ``state_dict()`` holds the seed, the size, the indices and -- only for
 :meth:`~ProbeSet.from_tensors`, which has no dataset to re-read -- the probe tensors
 themselves; it loads with ``torch.load(..., weights_only=True)``. A ProbeSet rebuilt from the
-same dataloader and given that state produces the identical batch.
+same dataloader and given that state produces the identical batch (for an iterable dataset:
+if the stream yields the same first samples again).
 
 Cost: ``size`` dataset reads and one collate, once. Memory: one batch of ``size`` samples.
 
@@ -38,7 +73,8 @@ Example:
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -46,6 +82,7 @@ import torch
 from torch.utils.data import IterableDataset, default_collate
 
 from geomonitor._checks import positive_int
+from geomonitor.monitor._untouched import close_iterator, fresh_iterator, held_objects, untouched
 
 __all__ = ["ProbeSet", "move_to"]
 
@@ -135,6 +172,17 @@ def _concat(batches: list[Any], lengths: list[int]) -> Any:
     return first
 
 
+def _checked(batch: Any, n: int) -> Any:
+    """``batch`` (of ``n`` samples); ValueError for no samples or no sample dimension."""
+    if n == 0:
+        raise ValueError("dataloader.dataset (an IterableDataset) yielded no samples: nothing "
+                         "to draw a probe set from")
+    if _batch_len(batch) is None:
+        raise ValueError("cannot find the sample dimension of a batch of type "
+                         f"{type(batch).__name__} from the IterableDataset's dataloader")
+    return batch
+
+
 class ProbeSet:
     """A fixed set of inputs drawn once (seeded), so curves compare the same inputs over time.
 
@@ -162,17 +210,19 @@ class ProbeSet:
     # -- construction -----------------------------------------------------------------------
     @classmethod
     def from_dataloader(cls, dataloader: Any, size: int, *, seed: int = 0) -> ProbeSet:
-        """Draw ``size`` samples by index from ``dataloader.dataset`` and collate them.
+        """Draw ``size`` samples from ``dataloader.dataset`` and collate them, leaving the
+        training run untouched (see the module docstring for what exactly holds).
 
         Args:
             dataloader: a ``torch.utils.data.DataLoader`` (anything with ``dataset`` and
                 ``collate_fn``).
             size: number of samples; the whole dataset when it has fewer.
-            seed: seed of the ``torch.Generator`` drawing the indices.
+            seed: seed of the ``torch.Generator`` drawing the indices (map-style datasets).
 
         Raises:
-            ValueError: bad ``size``/``seed``, no ``dataset`` attribute, an empty dataset or a
-                map-style dataset without ``__len__``.
+            ValueError: bad ``size``/``seed``, no ``dataset`` attribute, an empty dataset, a
+                map-style dataset without ``__len__``, or an ``IterableDataset`` that is a
+                one-shot stream (the message says why and what to pass instead).
         """
         size = positive_int("size", size)
         seed = _check_seed(seed)
@@ -228,29 +278,45 @@ class ProbeSet:
 
     @staticmethod
     def _collate(dataloader: Any, indices: torch.Tensor) -> Any:
-        samples = [dataloader.dataset[int(i)] for i in indices]
         # batch_size=None disables automatic batching: collate_fn then converts single samples
         auto = getattr(dataloader, "batch_sampler", True) is not None
         collate = getattr(dataloader, "collate_fn", None) if auto else None
-        return (collate or default_collate)(samples)
+        with untouched(held_objects(dataloader.dataset)):  # random __getitem__ (augmentation)
+            samples = [dataloader.dataset[int(i)] for i in indices]
+            return (collate or default_collate)(samples)
 
     @staticmethod
     def _take_first(dataloader: Any, size: int) -> Any:
+        """The first ``size`` samples of a fresh iterator over the IterableDataset, read here
+        with every RNG restored afterwards; ``ValueError`` for a one-shot stream."""
+        dataset = dataloader.dataset
+        held = held_objects(dataset)
+        auto = getattr(dataloader, "batch_sampler", True) is not None  # as in _collate
+        collate = getattr(dataloader, "collate_fn", None) or (default_collate if auto else None)
+        with untouched(held):
+            items = fresh_iterator(dataset, held)
+            try:
+                if auto:
+                    samples = list(itertools.islice(items, size))
+                    return _checked(collate(samples) if samples else None, len(samples))
+                return ProbeSet._concat_first(items, size, collate)
+            finally:
+                close_iterator(items)
+
+    @staticmethod
+    def _concat_first(items: Iterator[Any], size: int, convert: Any) -> Any:
+        """Without automatic batching every item is a batch: cut and concatenate to ``size``."""
         batches, lengths, total = [], [], 0
-        for batch in dataloader:
+        for item in items:
+            batch = _checked(convert(item) if convert is not None else item, 1)
             n = _batch_len(batch)
-            if n is None:
-                raise ValueError("cannot find the sample dimension of a batch of type "
-                                 f"{type(batch).__name__} from the IterableDataset's dataloader")
             take = min(n, size - total)
             batches.append(_cut(batch, take, n) if take < n else batch)
             lengths.append(take)
             total += take
             if total >= size:
                 break
-        if total == 0:
-            raise ValueError("dataloader yielded no samples: nothing to draw a probe set from")
-        return _concat(batches, lengths)
+        return _checked(_concat(batches, lengths) if total else None, total)
 
     # -- use --------------------------------------------------------------------------------
     def __len__(self) -> int:

@@ -18,6 +18,14 @@ dimension 0..maxdim. Only finite bars with ``death > birth`` are kept, as in rip
 essential H0 class ``[0, inf)`` is *not* included (Rips H1/H2 of a finite cloud have no
 essential classes), and zero-length bars (duplicate points) are dropped.
 
+Scale: every bar scales linearly with the cloud, so the cloud is first multiplied by a power
+of two that brings its largest absolute value into [1/2, 1) (exact, see
+:mod:`geomonitor._inputs`) and the bars, ``eps`` and the landmark distances are multiplied
+back; giotto-ph (which rounds distances to float32) gets its matrix scaled the same way. A
+float32 cloud of values near 1e19 or above -- where squared distances overflow float32 --
+or near 1e-20 and below gives the diagrams of the float64 computation (to float32 rounding);
+a float64 cloud whose distances pass float64's range raises ``ValueError``.
+
 Example:
     >>> g = torch.Generator().manual_seed(0)
     >>> t = torch.rand(2000, generator=g) * 6.2832
@@ -27,6 +35,7 @@ Example:
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -34,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from geomonitor._inputs import as_points
+from geomonitor._inputs import as_points, unit_scale, unscale
 from geomonitor.distances import pairwise_distances
 from geomonitor.topology.landmarks import farthest_point_sampling
 from geomonitor.topology.mst import DENSE_MAX, gram, mst_edges
@@ -120,8 +129,9 @@ def persistence_diagrams(
         :class:`Diagrams`.
 
     Raises:
-        ValueError: invalid ``maxdim``, ``n_landmarks``, ``n_threads``, ``ripser``, or fewer than 2
-            finite rows (see :func:`geomonitor._inputs.as_points`).
+        ValueError: invalid ``maxdim``, ``n_landmarks``, ``n_threads``, ``ripser``, fewer than 2
+            finite rows (see :func:`geomonitor._inputs.as_points`), or distances beyond the
+            float64 range (values near 1e308).
 
     Cost: H0 O(N^2 D) flops on ``X.device``; landmarks O(m N D); landmark distance matrix
     O(m^2 D); giotto-ph on m points (CPU).
@@ -183,7 +193,8 @@ def prepare_diagrams(X: Any, maxdim: int = 1, *, n_landmarks: int | None = None,
                                     or n_landmarks < 3):
         raise ValueError(f"n_landmarks must be an int >= 3 or None, got {n_landmarks!r}")
     pts = as_points(X, min_points=2)
-    P, n = pts.X, pts.X.shape[0]
+    P, e = unit_scale(pts.X)  # bars scale linearly: computed at unit scale, scaled back
+    n = P.shape[0]
 
     need_landmarks = maxdim >= 1 or not exact_h0
     # one Gram matrix serves both the spanning tree and the landmarks when N x N fits
@@ -191,13 +202,15 @@ def prepare_diagrams(X: Any, maxdim: int = 1, *, n_landmarks: int | None = None,
     idx, eps = torch.arange(n, device=P.device), 0.0
     if need_landmarks and n_landmarks is not None:
         idx, eps = farthest_point_sampling(P, n_landmarks, generator=generator, gram_matrix=G)
+        eps = float(unscale(torch.tensor(eps, dtype=torch.float64), e))
     h0 = None
     if exact_h0:
-        deaths = mst_edges(P, dense_max=dense_max, gram_matrix=G)[1].double().cpu().numpy()
+        deaths = mst_edges(P, dense_max=dense_max, gram_matrix=G)[1]
         del G
+        deaths = unscale(deaths.double(), e).cpu().numpy()
         deaths = np.sort(deaths[deaths > 0])
         h0 = np.stack([np.zeros_like(deaths), deaths], axis=1)
-    D = pairwise_distances(P[idx].double()).cpu().numpy() if need_landmarks else None
+    D = pairwise_distances(pts.X[idx].double()).cpu().numpy() if need_landmarks else None
     return PreparedDiagrams(h0, D, maxdim, n_points=n, n_dropped=pts.n_dropped,
                             n_landmarks=int(idx.numel()), hausdorff_radius=float(eps),
                             h0_exact=bool(exact_h0))
@@ -213,17 +226,22 @@ def _check_solver(n_threads: Any, ripser: Any) -> None:
 def _rips(D: np.ndarray, maxdim: int, n_threads: int,
           ripser: Callable[[np.ndarray, int], Sequence[np.ndarray]] | None, *,
           skip_h0: bool) -> list[np.ndarray]:
-    """giotto-ph (or ``ripser``) on a float64 distance matrix; finite, positive bars."""
+    """giotto-ph (or ``ripser``) on a float64 distance matrix; finite, positive bars.
+
+    The solver sees ``D * 2**-e`` with largest entry in [1/2, 1) (giotto-ph rounds to float32,
+    whose range float64 distances can pass either way); the bars are scaled back by 2^e."""
+    e = math.frexp(float(D.max()))[1] if D.size else 0
+    Du = np.ldexp(D, -e)
     if ripser is None:
         from gph import ripser_parallel
 
-        raw = ripser_parallel(D, metric="precomputed", maxdim=maxdim, n_threads=n_threads)["dgms"]
+        raw = ripser_parallel(Du, metric="precomputed", maxdim=maxdim, n_threads=n_threads)["dgms"]
     else:
-        raw = ripser(D, maxdim)
+        raw = ripser(Du, maxdim)
     out = []
     for k, d in enumerate(raw):
         if skip_h0 and k == 0:
             continue
-        d = np.asarray(d, dtype=np.float64).reshape(-1, 2)
+        d = np.ldexp(np.asarray(d, dtype=np.float64).reshape(-1, 2), e)
         out.append(d[np.isfinite(d[:, 1]) & (d[:, 1] > d[:, 0])])
     return out

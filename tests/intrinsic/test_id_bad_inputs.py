@@ -1,6 +1,8 @@
 """Bad and unusual input for every method: each case against an independent reference."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -119,3 +121,41 @@ def test_numpy_and_torch_inputs_agree_with_reference(cloud, method):
 def test_shape_and_dtype_errors(X, msg):
     with pytest.raises(ValueError, match=msg):
         intrinsic_dimension(X)
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+@pytest.mark.parametrize("scale", [1e19, 1e30, 1e-20, 1e-30])
+def test_huge_and_tiny_float32_give_the_float64_estimate(cloud, method, scale):
+    """Squared distances of these float32 values overflow / underflow float32."""
+    X32 = torch.from_numpy(cloud * scale).float()
+    ref = _reference(X32.double().numpy(), method)  # the same rounded values, unscaled float64
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # and no warning: the input is a clean cloud
+        assert intrinsic_dimension(X32, method) == pytest.approx(ref, rel=1e-4)
+
+
+def _near_duplicates(copies: int, gap: float = 1e-7) -> np.ndarray:
+    """Every point of a 3-dim cloud ``copies`` times, the copies ``gap`` apart (distinct rows)."""
+    g = np.random.default_rng(4)
+    base = g.standard_normal((300, 3)) @ g.standard_normal((3, 10))
+    return np.concatenate([base + i * gap * g.standard_normal(base.shape) / np.sqrt(10)
+                           for i in range(copies)])
+
+
+@pytest.mark.parametrize("method, options, copies", [("twonn", {}, 2), ("mle", {"k": 20}, 5)])
+def test_near_duplicate_points_warn_as_degenerate_input(method, options, copies):
+    X = _near_duplicates(copies)
+    assert len(np.unique(X, axis=0)) == len(X)  # no exact duplicates: nothing is dropped
+    with pytest.warns(IntrinsicDimensionWarning, match=rf"X: {method.upper() if method == 'mle' else 'TwoNN'} "
+                      r"dimension 0\.\d+ is below 0\.5 on \d+ points, which indicates degenerate input "
+                      r"\(near-duplicate points"):
+        got = intrinsic_dimension(X, method, **options)
+    assert got == pytest.approx(_reference(X, method), rel=1e-6) and got < 0.5  # the value is kept
+
+
+@pytest.mark.parametrize("method", NN_METHODS)
+def test_a_clean_cloud_and_well_separated_copies_do_not_warn(cloud, method):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert intrinsic_dimension(cloud, method) > 3
+        assert intrinsic_dimension(_near_duplicates(1), method) > 2

@@ -1,9 +1,18 @@
 """ProbeSet: seeded draws by index (checked against direct indexing of the data), no global RNG,
-collation, IterableDataset fallback, small data, errors, and weights_only state round trips."""
+collation, IterableDataset fallback, small data, errors, and weights_only state round trips;
+the training loop's RNG states and samples are the same with and without the draw, and
+one-shot streams are a clear error with nothing consumed."""
 from __future__ import annotations
 
 import collections
+import io
+import itertools
+import os
+import random
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, TensorDataset
@@ -152,7 +161,7 @@ def test_from_tensors():
     (lambda: ProbeSet.from_dataloader(DataLoader(TensorDataset(torch.ones(0, 1))), 2),
      r"dataloader.dataset is empty \(len 0\)"),
     (lambda: ProbeSet.from_dataloader(DataLoader(_Stream(0), batch_size=2), 2),
-     r"dataloader yielded no samples"),
+     r"dataloader.dataset \(an IterableDataset\) yielded no samples"),
     (lambda: ProbeSet.from_tensors(size=2), r"from_tensors needs at least one tensor, got none"),
     (lambda: ProbeSet.from_tensors(torch.ones(3), [1, 2, 3]), r"tensors\[1\] must be a tensor .* got list"),
     (lambda: ProbeSet.from_tensors(torch.tensor(1.0)), r"tensors\[0\] must be a tensor .* of shape \(\)"),
@@ -259,3 +268,234 @@ def test_to_cuda():
     x, y = _data(10)
     probe = ProbeSet.from_tensors(x, y, size=3).to("cuda")
     assert probe.batch[0].is_cuda and torch.equal(probe.batch[0].cpu(), x[probe.indices])
+
+
+# -- the training run is the one it would be without the draw ------------------------------------
+class _GlobalRandomStream(IterableDataset):
+    """Samples drawn from every global RNG: torch, numpy's legacy np.random, python random."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __iter__(self):
+        for _ in range(self.n):
+            yield torch.randn(3) + float(np.random.rand()) + random.random()
+
+
+class _GlobalRandomItems(Dataset):
+    """A map-style dataset with a random augmentation from the global RNGs in __getitem__."""
+
+    def __len__(self):
+        return 30
+
+    def __getitem__(self, i):
+        return torch.full((2,), float(i)) + torch.rand(2) + float(np.random.rand()) + random.random()
+
+
+class _OwnRandomStream(IterableDataset):
+    """A stream drawing from generators it holds, one of them inside a dataset it holds."""
+
+    def __init__(self, n, inner=True):
+        self.n, self.g, self.rs = n, torch.Generator().manual_seed(1), np.random.default_rng(2)
+        self.py = random.Random(3)
+        self.inner = _OwnRandomStream(n, inner=False) if inner else None
+
+    def __iter__(self):
+        inner = iter(self.inner) if self.inner is not None else itertools.repeat(0.0)
+        for _, extra in zip(range(self.n), inner):
+            yield torch.rand(2, generator=self.g) + float(self.rs.random()) + self.py.random() + extra
+
+
+def _seed_all(seed=0):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _rng_states():
+    return torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate()
+
+
+def _training_view(loader, draw):
+    """Seed, draw the probe set (or not), then read the epoch as a training loop would."""
+    _seed_all()
+    probe = ProbeSet.from_dataloader(loader, 10, seed=0) if draw else None
+    states = _rng_states()
+    seen = torch.cat(list(loader))
+    return probe, states, seen, _rng_states()
+
+
+@pytest.mark.parametrize("make", [lambda: DataLoader(_GlobalRandomStream(40), batch_size=8),
+                                  lambda: DataLoader(_GlobalRandomItems(), batch_size=8, shuffle=True),
+                                  lambda: DataLoader(_OwnRandomStream(40), batch_size=8)])
+def test_the_training_loop_sees_the_same_rng_and_samples_with_and_without_the_draw(make):
+    probe, states, seen, after = _training_view(make(), draw=True)
+    _, states0, seen0, after0 = _training_view(make(), draw=False)
+    for a, b in zip(states + after, states0 + after0):
+        assert (torch.equal(a, b) if isinstance(a, torch.Tensor) else np.array_equal(a, b) if
+                isinstance(a, np.ndarray) else a == b)
+    assert torch.equal(seen, seen0) and len(probe) == 10
+
+
+def test_the_stream_probe_is_the_streams_first_samples():
+    _seed_all()
+    probe = ProbeSet.from_dataloader(DataLoader(_GlobalRandomStream(40), batch_size=4), 10)
+    _seed_all()  # reference: the stream read directly from the same RNG state
+    assert torch.equal(probe.batch, torch.stack(list(itertools.islice(iter(_GlobalRandomStream(40)), 10))))
+
+
+def test_the_dataloader_itself_is_never_iterated():
+    class _Untouchable(DataLoader):
+        def __iter__(self):
+            raise AssertionError("the dataloader was iterated")
+
+    probe = ProbeSet.from_dataloader(_Untouchable(_Stream(20), batch_size=4, num_workers=2), 5)
+    assert probe.batch[1].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_unbatched_iterable_items_are_cut_and_concatenated():
+    class _Batches(IterableDataset):
+        def __iter__(self):
+            for i in range(4):
+                yield torch.arange(3 * i, 3 * i + 3)
+
+    probe = ProbeSet.from_dataloader(DataLoader(_Batches(), batch_size=None), 7)
+    assert probe.batch.tolist() == list(range(7))
+
+
+class _SameIterator(IterableDataset):
+    """__iter__ returns one iterator, created once."""
+
+    def __init__(self, n):
+        self.source = iter([torch.full((2,), float(i)) for i in range(n)])
+
+    def __iter__(self):
+        return self.source
+
+
+class _HoldsGenerator(IterableDataset):
+    """__iter__ makes a new generator each time, but over one generator created once."""
+
+    def __init__(self, n):
+        self.source = (torch.full((2,), float(i)) for i in range(n))
+
+    def __iter__(self):
+        yield from self.source
+
+
+class _OwnIterator(IterableDataset):
+    """The dataset is its own iterator."""
+
+    def __init__(self, n):
+        self.i, self.n = 0, n
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self.i >= self.n:
+            raise StopIteration
+        self.i += 1
+        return torch.full((2,), float(self.i - 1))
+
+
+@pytest.mark.parametrize("cls, why", [
+    (_SameIterator, r"it holds a list_iterator object, an iterator that a read would consume"),
+    (_HoldsGenerator, r"it holds a generator object, an iterator that a read would consume"),
+    (_OwnIterator, r"it is its own iterator \(its __iter__ returns itself\)"),
+])
+def test_a_one_shot_stream_is_a_clear_error_and_nothing_is_consumed(cls, why):
+    ds = cls(20)
+    with pytest.raises(ValueError, match=rf"dataloader.dataset \({cls.__name__}\) is a one-shot stream: {why}, "
+                       r"so drawing a probe set from it would consume samples the training loop reads\. "
+                       r"Pass the probe data explicitly: probe_data="):
+        ProbeSet.from_dataloader(DataLoader(ds, batch_size=4), 8)
+    assert [float(b[0, 0]) for b in DataLoader(ds, batch_size=4)] == [0.0, 4.0, 8.0, 12.0, 16.0]
+
+
+def test_same_iterator_returned_twice_is_a_one_shot_stream():
+    shared = iter(range(10))
+
+    class _Global(IterableDataset):  # holds nothing: the iterator lives outside the dataset
+        def __iter__(self):
+            return shared
+
+    with pytest.raises(ValueError, match=r"_Global\) is a one-shot stream: its __iter__ returns the same iterator every time"):
+        ProbeSet.from_dataloader(DataLoader(_Global(), batch_size=2), 3)
+    assert next(shared) == 0
+
+
+def test_a_held_file_is_read_from_where_it_was():
+    class _Lines(IterableDataset):
+        def __init__(self):
+            self.f = io.StringIO("".join(f"{i}\n" for i in range(12)))
+
+        def __iter__(self):
+            for line in self.f:  # no seek: a second pass would see nothing
+                yield torch.tensor([float(line)])
+
+    ds = _Lines()
+    probe = ProbeSet.from_dataloader(DataLoader(ds, batch_size=4), 5)
+    assert probe.batch.flatten().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert torch.cat(list(DataLoader(ds, batch_size=4))).flatten().tolist() == [float(i) for i in range(12)]
+    r, w = os.pipe()
+    with os.fdopen(r, "rb") as pipe:
+        ds.f = pipe  # a pipe cannot seek back
+        with pytest.raises(ValueError, match=r"one-shot stream: it holds a non-seekable BufferedReader stream"):
+            ProbeSet.from_dataloader(DataLoader(ds, batch_size=4), 5)
+    os.close(w)
+
+
+_CUDA_SCRIPT = r"""
+import sys, torch
+from torch.utils.data import DataLoader, IterableDataset
+from geomonitor.monitor.probe import ProbeSet
+
+class S(IterableDataset):
+    def __iter__(self):
+        for _ in range(8):
+            yield torch.randn(2, device="cuda").cpu()
+
+torch.manual_seed(0)
+assert not torch.cuda.is_initialized()
+if sys.argv[1] == "draw":
+    ProbeSet.from_dataloader(DataLoader(S(), batch_size=2), 4)
+    assert torch.cuda.is_initialized()
+print(torch.randn(3, device="cuda").tolist(), torch.randn(3).tolist())
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_rng_first_initialised_by_the_draw_is_left_fresh():
+    def run(arg):
+        out = subprocess.run([sys.executable, "-c", _CUDA_SCRIPT, arg], capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+        assert out.returncode == 0, out.stderr
+        return out.stdout
+
+    assert run("draw") == run("none")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_rng_of_an_initialised_device_is_restored():
+    class _CudaStream(IterableDataset):
+        def __iter__(self):
+            for _ in range(8):
+                yield torch.randn(2, device="cuda").cpu()
+
+    torch.cuda.init()
+    before = torch.cuda.get_rng_state()
+    ProbeSet.from_dataloader(DataLoader(_CudaStream(), batch_size=2), 4)
+    assert torch.equal(torch.cuda.get_rng_state(), before)
+
+
+def test_datapipes_are_read_again_unless_they_wrap_a_generator():
+    from torch.utils.data.datapipes.iter import IterableWrapper
+
+    pipe = IterableWrapper(range(20)).map(lambda x: torch.tensor([float(x)]))
+    loader = DataLoader(pipe, batch_size=4)
+    assert ProbeSet.from_dataloader(loader, 5).batch.flatten().tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert torch.cat(list(loader)).flatten().tolist() == [float(i) for i in range(20)]
+    once = IterableWrapper(torch.tensor([float(i)]) for i in range(20))
+    with pytest.raises(ValueError, match=r"one-shot stream: it holds a generator object"):
+        ProbeSet.from_dataloader(DataLoader(once, batch_size=4), 5)

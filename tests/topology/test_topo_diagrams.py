@@ -167,3 +167,42 @@ def test_prepared_halves_compose_to_giotto_ph_on_the_landmarks():
     assert prepare_diagrams(X, 0).distances is None  # exact H0 needs no landmarks
     with pytest.raises(ValueError, match=r"n_threads must be an int >= 1 \(or -1 for all cores\), got 0"):
         prep.complete(n_threads=0)
+
+
+def _sorted_bars(d):
+    d = np.asarray(d, dtype=np.float64).reshape(-1, 2)
+    d = d[np.isfinite(d[:, 1]) & (d[:, 1] > d[:, 0])]
+    return d[np.lexsort((d[:, 1], d[:, 0]))]
+
+
+@pytest.mark.parametrize("scale", [1e19, 1e30, 1e-20, 1e-30])
+def test_huge_and_tiny_float32_clouds_give_the_float64_diagrams(scale):
+    X32 = (_circle(150, dim=6, seed=5) * scale).float()
+    ref = ripser_parallel(X32.double().numpy(), maxdim=1)["dgms"]  # same values, unscaled float64
+    dg = persistence_diagrams(X32, maxdim=1)
+    assert len(dg[0]) == 149 and len(dg[1]) == len(_sorted_bars(ref[1])) > 0
+    for k in (0, 1):
+        np.testing.assert_allclose(_sorted_bars(dg[k]) / scale, _sorted_bars(ref[k]) / scale, rtol=1e-5, atol=1e-6)
+    # landmarks: covering radius and bars as the float64 computation on the same values gives them
+    got = persistence_diagrams(X32, maxdim=1, n_landmarks=40, generator=_gen(0))
+    want = persistence_diagrams(X32.double(), maxdim=1, n_landmarks=40, generator=_gen(0))
+    assert got.hausdorff_radius == pytest.approx(want.hausdorff_radius, rel=1e-5) and got.hausdorff_radius > 0
+    unit = persistence_diagrams(X32.double() / scale, maxdim=1, n_landmarks=40, generator=_gen(0))
+    assert want.hausdorff_radius == pytest.approx(unit.hausdorff_radius * scale, rel=1e-6)  # cloud's units
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(_sorted_bars(a), _sorted_bars(b), rtol=1e-5)
+
+
+def test_float64_clouds_beyond_giotto_phs_float32_range():
+    X = _circle(80, seed=6)
+    ref = ripser_parallel(X.numpy(), maxdim=1)["dgms"]
+    for scale in (1e200, 1e-200):  # giotto-ph alone rounds these distances to float32 inf / 0
+        dg = persistence_diagrams(X * scale, maxdim=1)
+        for k in (0, 1):
+            np.testing.assert_allclose(_sorted_bars(dg[k]) / scale, _sorted_bars(ref[k]), rtol=1e-6)
+
+
+def test_distances_beyond_float64_raise():
+    X = torch.tensor([[1.5e308, 0.0], [-1.5e308, 0.0]], dtype=torch.float64)  # 3e308 apart
+    with pytest.raises(ValueError, match=r"X: distances exceed the largest torch.float64 .*; rescale the input"):
+        persistence_diagrams(X, maxdim=0)
