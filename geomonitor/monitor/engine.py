@@ -332,8 +332,15 @@ class Monitor:
         if any(f.enabled and f.needs_probe for f in self.families):
             device = _model_device(self.model)
             # reading the data (random transforms, a stream) must not move the run's RNG streams
-            with preserved_rng([device] if device.type == "cuda" else []):
-                self._draw_probe()
+            try:
+                with preserved_rng([device] if device.type == "cuda" else []):
+                    self._draw_probe()
+            except (ValueError, TypeError) as exc:  # e.g. a one-shot stream: pass probe=...
+                if self.strict:
+                    raise
+                for fam in self.families:
+                    if fam.needs_probe:
+                        self._disable(fam, f"no probe set could be drawn: {exc}")
         self.cap.start()
 
     def _draw_probe(self) -> None:
