@@ -1,0 +1,1 @@
+"""Measurement families built on the :mod:`geomonitor.monitor.family` contract."""
