@@ -23,8 +23,10 @@ Shapes: ``x`` (N, ...); ``f(x)`` (N, ...); ``flow(x, t)`` takes a 0-dim tensor `
 
 Cost: about two to three forward passes of f (forward-mode AD), no stored graph.
 
-Failure modes: a non-tensor output, non-finite derivatives, or a flow / model that forward-mode
-AD cannot differentiate (the error of ``torch.func`` is re-raised as a ``ValueError``). The
+Failure modes: a non-tensor output, non-finite derivatives, a flow / model that forward-mode
+AD cannot differentiate (the error of ``torch.func`` is re-raised as a ``ValueError``), and a
+flow whose derivative in t is 0 on the whole batch (it does not move the inputs, or it goes
+through an integer such as ``torch.roll(x, int(t))`` and would silently give 0): ``ValueError``. The
 function is called as is: put a model in eval mode first.
 
 Example:
@@ -72,17 +74,24 @@ def lie_derivative_tensor(f: Callable[[torch.Tensor], Any], x: torch.Tensor, flo
     work = torch.promote_types(x.dtype, torch.float32)
     x = x.detach().to(work)
 
-    def g(t: torch.Tensor) -> torch.Tensor:
-        y = f(flow(x, t))
+    def g(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xt = flow(x, t)
+        if not isinstance(xt, torch.Tensor):
+            raise TypeError(f"flow must return a tensor, got {type(xt).__name__}")
+        y = f(xt)
         if not isinstance(y, torch.Tensor):
             raise TypeError(f"f must return a tensor, got {type(y).__name__}")
-        return y if flow_out is None else flow_out(y, -t)
+        return xt, (y if flow_out is None else flow_out(y, -t))
 
     t0 = torch.zeros((), dtype=work, device=x.device)
     try:
-        _, d = torch.func.jvp(g, (t0,), (torch.ones_like(t0),))
+        _, (dx, d) = torch.func.jvp(g, (t0,), (torch.ones_like(t0),))
     except RuntimeError as exc:
         raise ValueError(f"forward-mode differentiation of t -> f(flow(x, t)) failed: {exc}") from exc
+    if not bool((dx != 0).any()):
+        raise ValueError("d/dt flow(x, t) = 0 at t = 0 for the whole batch: the flow does not move "
+                         "x or is not differentiable in t (e.g. torch.roll(x, int(t)); use "
+                         "fourier_shift)")
     if not torch.isfinite(d).all():
         raise ValueError("the Lie derivative is not finite (NaN or Inf)")
     return d.detach()

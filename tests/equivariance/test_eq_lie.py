@@ -74,6 +74,10 @@ def test_raises():
         lie_derivative(torch.sin, torch.ones(3, 2, dtype=torch.long), rotate)
     with pytest.raises(TypeError, match="f must return a tensor, got tuple"):
         lie_derivative(lambda z: (z,), x, rotate)
+    with pytest.raises(ValueError, match=r"d/dt flow\(x, t\) = 0 at t = 0 for the whole batch"):
+        lie_derivative(torch.sin, x, lambda z, t: torch.roll(z, int(t), -1))
+    with pytest.raises(TypeError, match="flow must return a tensor, got list"):
+        lie_derivative(torch.sin, x, lambda z, t: [z])
     with pytest.raises(ValueError, match=r"the Lie derivative is not finite"):
         lie_derivative(lambda z: z.sqrt(), torch.zeros(3, 2), lambda z, t: z + t)
 
