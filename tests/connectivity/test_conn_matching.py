@@ -183,7 +183,35 @@ class ConvAfterFlatten(nn.Module):
         self.a, self.b = nn.Conv1d(1, 2, 1), nn.Conv1d(1, 2, 1)
 
     def forward(self, x):
+        return self.b(self.a(x).view(x.size(0), 1, -1))
+
+
+class Unsqueeze(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv1d(1, 2, 1), nn.Conv1d(1, 2, 1)
+
+    def forward(self, x):
         return self.b(self.a(x).flatten(1).unsqueeze(1))
+
+
+class TwoHeads(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(4, 4), nn.Linear(4, 2), nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = self.a(x)
+        return self.b(h), self.c(h)
+
+
+class FlattenAll(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.b(torch.flatten(self.a(x)))
 
 
 class Sorting(nn.Module):
@@ -201,7 +229,13 @@ class Sorting(nn.Module):
     (TwoInputs, "2 inputs"),
     (Branchy, "torch.fx cannot trace it"),
     (FreeParam, "reads the tensor 'scale' outside a module"),
-    (ConvAfterFlatten, "tensor method 'unsqueeze'"),
+    (ConvAfterFlatten, "convolution 'b' comes after a flatten"),
+    (Unsqueeze, "tensor method 'unsqueeze'"),
+    (TwoHeads, r"the output of node 'a' is used 2 times \(a residual connection or a branch\)"),
+    (FlattenAll, r"flattens dims 0..-1 \(only torch.flatten\(x, 1\) is supported\)"),
+    (lambda: nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(5), nn.Linear(5, 2)),
+     "BatchNorm '1' has 5 features after a layer with 4 outputs"),
+    (lambda: nn.Sequential(nn.Linear(4, 4), nn.Linear(5, 2)), "layer '1' has 5 inputs after a layer with 4 outputs"),
     (Sorting, "function 'sort'"),
     (lambda: nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2)),
      r"module '1' is a LayerNorm \(only BatchNorm normalisation layers are supported\)"),
