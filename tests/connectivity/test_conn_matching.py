@@ -53,13 +53,11 @@ def test_permuted_network_is_recovered_exactly():
 
 
 def test_barrier_returns_to_zero_after_matching():
-    a = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
     torch.manual_seed(3)
+    a = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 1))
     x = torch.randn(256, 4)
-    y = torch.sin(x.sum(1, keepdim=True))
-    opt = torch.optim.Adam(a.parameters(), lr=1e-2)
-    for _ in range(150):
-        opt.zero_grad(); ((a(x) - y) ** 2).mean().backward(); opt.step()
+    with torch.no_grad():
+        y = a(x)  # a is a global minimum (loss 0) of the regression onto its own outputs
     g = torch.Generator().manual_seed(0)
     p1, p2 = torch.randperm(32, generator=g), torch.randperm(32, generator=g)
     b = copy.deepcopy(a)
@@ -71,8 +69,9 @@ def test_barrier_returns_to_zero_after_matching():
     loss = lambda m: ((m(x) - y) ** 2).mean()  # noqa: E731
     naive = loss_barrier(a, a, b, loss)
     matched = loss_barrier(a, a, weight_matching(a, b), loss)
-    assert naive.barrier > 10 * float(loss(a).detach()) and naive.barrier > 0.05
-    assert matched.barrier == pytest.approx(0.0, abs=1e-6)
+    assert naive.losses[0] < 1e-12 and naive.losses[-1] < 1e-12  # b computes the same function
+    assert naive.barrier > 0.1 * float(y.var())  # the midpoint is a different network
+    assert matched.barrier < 1e-12 and max(matched.losses) < 1e-12
 
 
 def test_one_hidden_layer_matches_brute_force():

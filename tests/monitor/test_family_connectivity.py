@@ -230,10 +230,10 @@ def test_take():
 def test_state_dict_round_trip():
     x, y = _data()
     model = _net().eval()
-    fam = ConnectivityFamily(Every(n_steps=1), n_alpha=3, instability_at=5, seed=3)
+    fam = ConnectivityFamily(Every(n_steps=1), n_alpha=3, instability_at=5, instability_steps=2, seed=3)
     fam.run(ctx(model, 1, (x, y), loss_fn=ce))
     state = fam.state_dict()
-    other = ConnectivityFamily(Every(n_steps=1), n_alpha=3, instability_at=5, seed=99)
+    other = ConnectivityFamily(Every(n_steps=1), n_alpha=3, instability_at=5, instability_steps=2, seed=99)
     other.load_state_dict(state)
     assert other.snapshot_bytes == fam.snapshot_bytes
     assert torch.equal(other._gen.get_state(), fam._gen.get_state())
