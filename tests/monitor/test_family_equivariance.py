@@ -70,6 +70,16 @@ def test_keys_and_closed_form_values():
         float(2 * x.double().norm(dim=1).mean()), rel=1e-6)
 
 
+def test_half_precision_model_measured_in_float32():
+    x = torch.randn(6, 3).to(torch.bfloat16)
+    model = Double().to(torch.bfloat16)
+    fam = EquivarianceFamily(Every(n_steps=1), {"neg": (lambda z: -z, None)},
+                             flows={"scale": (lambda z, t: z * torch.exp(t), None)})
+    out = fam.run(ctx(model, x))
+    assert not out.errors and out.metrics[metric_key("equivariance", "neg", "output")] == pytest.approx(2.0)
+    assert model.w.dtype == torch.bfloat16  # the user's model keeps its dtype
+
+
 def test_cnn_layers_and_lie(batch):
     fam = EquivarianceFamily(
         Every(n_steps=1), {"shift1": (roll(1), None), "shift1_map": (roll(1), None)},

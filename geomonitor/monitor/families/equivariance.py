@@ -28,7 +28,8 @@ A layer may therefore not be called ``output`` or ``lie_derivative``.
 
 Isolation: everything runs on a deep copy of the model in eval mode under ``torch.no_grad``,
 with the global RNG streams restored; the real model, its BatchNorm statistics and the
-optimizer are untouched.
+optimizer are untouched. A model with fp16/bf16 parameters is measured on a float32 copy
+(fp16/bf16 probe inputs are cast to float32).
 
 Cost per measurement: one deep copy of the model, two forward passes on the probe inputs per
 transform (layer errors reuse them) and about three per flow (forward-mode AD).
@@ -61,6 +62,7 @@ from geomonitor.sharpness.isolation import preserved_rng, unwrap
 __all__ = ["EquivarianceFamily", "probe_inputs"]
 
 _RESERVED = ("output", "lie_derivative")
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def probe_inputs(batch: Any) -> torch.Tensor:
@@ -168,7 +170,11 @@ class EquivarianceFamily(Family):
         with preserved_rng(devices):
             with torch.no_grad():
                 work = copy.deepcopy(model).eval()
+                if any(p.dtype in _HALF for p in work.parameters()):
+                    work.float()  # fp16/bf16 models are measured in float32
             x = self.input_fn(ctx.probe_batch)
+            if isinstance(x, torch.Tensor) and x.dtype in _HALF:
+                x = x.float()
 
             def f(inp: torch.Tensor) -> Any:
                 return self.forward(work, inp)
