@@ -130,6 +130,22 @@ def interpolate_state(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str,
     return out
 
 
+def _pairs(work: nn.Module, sa: Mapping[str, torch.Tensor], sb: Mapping[str, torch.Tensor]
+           ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(target tensor of the copy, a, b) per float entry, a and b in float32 at least on the
+    target's device; non-float entries get ``sa``'s value once."""
+    pairs = []
+    for k, target in work.state_dict(keep_vars=True).items():
+        target = target.detach()
+        a = sa[k]
+        if a.is_floating_point() or a.is_complex():
+            work_dtype = torch.promote_types(a.dtype, torch.float32)
+            pairs.append((target, a.to(target.device, work_dtype), sb[k].to(target.device, work_dtype)))
+        else:
+            target.copy_(a)
+    return pairs
+
+
 def _as_pair(value: Any, alpha: float) -> tuple[float, float | None]:
     def scalar(v: Any, what: str) -> float:
         if isinstance(v, torch.Tensor):
@@ -213,8 +229,10 @@ def loss_barrier(model: nn.Module, state_a: nn.Module | Mapping[str, torch.Tenso
     with preserved_rng(devices), torch.no_grad():
         work = copy.deepcopy(model).eval()
         bns = [m for m in work.modules() if isinstance(m, _BN) and m.track_running_stats] if reset_bn else []
+        pairs = _pairs(work, sa, sb)
         for t in alphas:
-            work.load_state_dict(interpolate_state(sa, sb, t))
+            for target, a, b in pairs:  # (1 - t) a + t b, written into the copy's own tensors
+                target.copy_(a * (1.0 - t) + b * t)
             if bns:
                 _recompute_bn(work, bns, loss_fn)
             loss, err = _as_pair(loss_fn(work), t)
