@@ -4,6 +4,9 @@
 * :class:`SharpnessFamily` (:mod:`.sharpness`) -- ``geometry/sharpness``, ``eos_ratio``
 * :class:`TopologyFamily` (:mod:`.topology`) -- ``geometry/ph/<layer>/<summary>``
 * :class:`NeuralPersistenceFamily` (:mod:`.neural_persistence`) -- ``geometry/neural_persistence/...``
+* :class:`ConnectivityFamily` (:mod:`.connectivity`) -- ``geometry/connectivity/...`` (opt-in)
+* :class:`EquivarianceFamily` (:mod:`.equivariance`) -- ``geometry/equivariance/...`` (needs
+  the user's group actions)
 
 :func:`build_families` turns ``GeometryMonitor``-style options into family objects; the
 Lightning, Hugging Face and plain-loop entry points all go through it, so a default is
@@ -14,13 +17,15 @@ from __future__ import annotations
 from typing import Any
 
 from geomonitor.monitor.family import Family
+from geomonitor.monitor.families.connectivity import ConnectivityFamily
+from geomonitor.monitor.families.equivariance import EquivarianceFamily
 from geomonitor.monitor.families.intrinsic import IntrinsicDimensionFamily
 from geomonitor.monitor.families.neural_persistence import NeuralPersistenceFamily
 from geomonitor.monitor.families.sharpness import SharpnessFamily
 from geomonitor.monitor.families.topology import TopologyFamily
 from geomonitor.monitor.schedule import Every
 
-__all__ = ["DEFAULTS", "IntrinsicDimensionFamily", "NeuralPersistenceFamily", "SharpnessFamily",
+__all__ = ["DEFAULTS", "ConnectivityFamily", "EquivarianceFamily", "IntrinsicDimensionFamily", "NeuralPersistenceFamily", "SharpnessFamily",
            "TopologyFamily", "build_families"]
 
 #: Every option of :func:`build_families` and its default (schedules: ``None`` = off).
@@ -31,6 +36,9 @@ DEFAULTS: dict[str, Any] = {
     "topology_every_n_steps": None, "topology_every_n_epochs": 1, "topology_landmarks": 128, "topology_maxdim": 1,
     "log_diagrams": True,
     "np_every_n_steps": None, "np_every_n_epochs": 1,
+    "connectivity_every_n_steps": None, "connectivity_every_n_epochs": None,
+    "equivariance_every_n_steps": None, "equivariance_every_n_epochs": None,
+    "equivariance_transforms": None,
 }
 
 
@@ -73,6 +81,14 @@ def build_families(*, seed: int = 0, **options: Any) -> list[Family]:
     every = _every(o, "np")
     if every is not None:
         families.append(NeuralPersistenceFamily(every))
+    every = _every(o, "connectivity")
+    if every is not None:
+        families.append(ConnectivityFamily(every, seed=seed))
+    every = _every(o, "equivariance")
+    if every is not None:
+        if not o["equivariance_transforms"]:
+            raise ValueError("equivariance needs equivariance_transforms={name: (t_in, t_out)}")
+        families.append(EquivarianceFamily(every, o["equivariance_transforms"]))
     if not families:
         raise ValueError("no family is on: every *_every_n_steps and *_every_n_epochs is None")
     return families
