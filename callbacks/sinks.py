@@ -209,6 +209,9 @@ class WandbSink:
         self.commit = bool(commit)
         self.step_keys = tuple(step_keys)
         self._defined: set[int] = set()
+        self._row: tuple[int, int] | None = None    # (run, W&B step) of the row written last
+        self._described: int | None = None         # the geometry step that row describes
+        self._held: dict[int, dict[str, Any]] = {}  # step -> values waiting for a row of their own
 
     def wandb_run(self) -> Any | None:
         if self._run is not None:
@@ -228,8 +231,34 @@ class WandbSink:
 
     def _log(self, data: dict[str, Any], step: int) -> None:
         run = self._ready()
-        if run is not None:
-            run.log({**data, **{k: int(step) for k in self.step_keys}}, commit=self.commit)
+        if run is None:
+            return
+        if self.commit:
+            run.log({**data, **{k: int(step) for k in self.step_keys}}, commit=True)
+            return
+        # one uncommitted row describes one step: values of another step than the one the
+        # loop's current row already holds wait for the next row (or ``flush``)
+        self._release(run)
+        row = (id(run), run.step)
+        if row == self._row and step != self._described:
+            self._held.setdefault(step, {}).update(data)
+            return
+        run.log({**data, **{k: int(step) for k in self.step_keys}}, commit=False)
+        self._row, self._described = row, step
+
+    def _release(self, run: Any) -> None:
+        if self._held and (id(run), run.step) != self._row:
+            step = min(self._held)
+            run.log({**self._held.pop(step), **{k: int(step) for k in self.step_keys}}, commit=False)
+            self._row, self._described = (id(run), run.step), step
+
+    def flush(self) -> None:
+        """Write the values still waiting, each step in a row of its own after the last."""
+        run = self.wandb_run()
+        while run is not None and self._held:
+            step = min(self._held)
+            run.log({**self._held.pop(step), **{k: int(step) for k in self.step_keys}},
+                    step=run.step + 1, commit=False)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if metrics:

@@ -83,17 +83,24 @@ class CostCap:
             return self._before
         return self._before + max(0.0, self.clock() - self._t0 - (self.own - self._own0))
 
-    def allows(self, family: str) -> bool:
-        """Whether a due measurement of ``family`` runs now (see the rule)."""
+    def allows(self, family: str, planned: float = 0.0) -> bool:
+        """Whether a due measurement of ``family`` runs now (see the rule); ``planned``: the
+        cost of the measurements already admitted at this step, not yet charged."""
         if self.fraction is None or family not in self.cost:
             return True
-        return self.spent + self.cost[family] <= self.fraction * self.training_time()
+        return self.spent + planned + self.cost[family] <= self.fraction * self.training_time()
+
+    @property
+    def started(self) -> bool:
+        """Whether the training-time clock runs (``start`` called since the last load)."""
+        return self._t0 is not None
 
     def charge(self, family: str, seconds: float) -> None:
         """A measurement of ``family`` took ``seconds`` of the training thread."""
         seconds = max(0.0, float(seconds))
+        background = self.cost.get(family, 0.0) - self._thread.get(family, 0.0)
         self._thread[family] = seconds
-        self.cost[family] = seconds
+        self.cost[family] = seconds + background   # + the last finished job's background part
         self.spent += seconds
         self.own += seconds
 

@@ -42,10 +42,12 @@ from geomonitor.monitor.cost import CostCap
 from geomonitor.monitor.family import Context, Family, Measurement
 from geomonitor.monitor.keys import metric_key
 from geomonitor.monitor.layers import LayerSelector, capture_activations
+from geomonitor.monitor.model_io import (default_forward, make_probe, model_device,
+                                         torch_broadcast, unwrap_model)
 from geomonitor.monitor.probe import ProbeSet
 from geomonitor.monitor.sink import as_sink
 from geomonitor.monitor.worker import BackgroundWorker
-from geomonitor.sharpness.isolation import preserved_rng, unwrap
+from geomonitor.sharpness.isolation import preserved_rng
 
 __all__ = ["Monitor", "MonitorWarning", "default_forward", "make_probe"]
 
@@ -54,63 +56,6 @@ _STATE_VERSION = 2
 
 class MonitorWarning(RuntimeWarning):
     """A measurement failed, a family was disabled, or the state from a checkpoint differs."""
-
-
-def default_forward(model: nn.Module, batch: Any) -> Any:
-    """The forward used for activations: a tensor batch is the input, a tuple/list's first
-    element is the input, a mapping is passed as keyword arguments."""
-    if isinstance(batch, torch.Tensor):
-        return model(batch)
-    if isinstance(batch, Mapping):
-        try:
-            return model(**batch)
-        except TypeError as exc:
-            raise TypeError(f"{exc}; the probe batch is a dict with keys {sorted(batch)}: pass "
-                            "forward_fn=lambda model, batch: model(batch['x']) (your input keys) "
-                            "to say how the model is called") from exc
-    if isinstance(batch, (tuple, list)) and batch:
-        return model(batch[0])
-    raise TypeError(f"cannot infer the model input from a batch of type {type(batch).__name__}; "
-                    "pass forward_fn=lambda model, batch: model(...)")
-
-
-def make_probe(data: Any, size: int | None, seed: int) -> ProbeSet:
-    """A :class:`ProbeSet` from a DataLoader, a tensor, a tuple of tensors or a ProbeSet."""
-    if isinstance(data, ProbeSet):
-        return data
-    if isinstance(data, torch.Tensor):
-        return ProbeSet.from_tensors(data, size=size, seed=seed)
-    if isinstance(data, (tuple, list)) and data and all(isinstance(t, torch.Tensor) for t in data):
-        return ProbeSet.from_tensors(*data, size=size, seed=seed)
-    if hasattr(data, "dataset"):
-        return ProbeSet.from_dataloader(data, size, seed=seed)
-    raise TypeError("probe must be a DataLoader, a tensor, a tuple of tensors, a ProbeSet or a "
-                    f"callable returning one; got {type(data).__name__}")
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in list(model.parameters())[:1] + list(model.buffers())[:1]:
-        return t.device
-    return torch.device("cpu")
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The user's module inside DDP / DataParallel and Lightning Fabric's ``_FabricModule``."""
-    while True:
-        model = unwrap(model)
-        if type(model).__name__ == "_FabricModule" and isinstance(getattr(model, "module", None), nn.Module):
-            model = model.module
-        else:
-            return model
-
-
-def _torch_broadcast(decisions: list[bool]) -> list[bool]:
-    dist = torch.distributed
-    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
-        return decisions
-    box = [decisions]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 class Monitor:
@@ -175,7 +120,7 @@ class Monitor:
                 raise ValueError(f"{name} must be callable or None, got {fn!r}")
         if not isinstance(strict, bool):
             raise ValueError(f"strict must be True or False, got {strict!r}")
-        self.model = _unwrap(model)
+        self.model = unwrap_model(model)
         self.families = families
         self.sink = as_sink(sink)
         self.forward_fn = forward_fn or default_forward
@@ -184,7 +129,7 @@ class Monitor:
         self.strict = strict
         self.cap = CostCap(max_overhead, clock)
         self._cpu_clock = cpu_clock or time.thread_time
-        self._broadcast = broadcast or _torch_broadcast
+        self._broadcast = broadcast or torch_broadcast
         self._selector = LayerSelector(layers, reduce=reduce)
         self._config = {"layers": layers if isinstance(layers, str) else list(layers),
                         "reduce": reduce, "probe_size": probe_size, "probe_seed": probe_seed}
@@ -250,10 +195,12 @@ class Monitor:
             self._worker.close(wait=wait, timeout=300.0)
         finally:
             self._close_families()
+        delivered: dict[str, float] = {}
         if wait:
             self._drain()
-            return self._deliver()
-        return {}
+            delivered = self._deliver()
+        self._call_sink("flush")
+        return delivered
 
     def state_dict(self) -> dict[str, Any]:
         """Probe set, family states, counters, costs (``torch.load(weights_only=True)``-safe)."""
@@ -290,8 +237,7 @@ class Monitor:
         self._epoch = int(state.get("epoch", 0))
         if "cost" in state:
             self.cap.load_state_dict(state["cost"])
-            if self._started:
-                self.cap.start()
+            self.cap.start()  # training resumes now: its time until the next step counts
 
     @staticmethod
     def check_state(state: Any) -> None:
@@ -330,7 +276,7 @@ class Monitor:
     def _start(self) -> None:
         self._started = True
         if any(f.enabled and f.needs_probe for f in self.families):
-            device = _model_device(self.model)
+            device = model_device(self.model)
             # reading the data (random transforms, a stream) must not move the run's RNG streams
             try:
                 with preserved_rng([device] if device.type == "cuda" else []):
@@ -341,7 +287,8 @@ class Monitor:
                 for fam in self.families:
                     if fam.needs_probe:
                         self._disable(fam, f"no probe set could be drawn: {exc}")
-        self.cap.start()
+        if not self.cap.started:  # a resume started it at load_state_dict
+            self.cap.start()
 
     def _draw_probe(self) -> None:
         source = self._probe_source
@@ -350,7 +297,7 @@ class Monitor:
         probe = make_probe(source, self.probe_size, self.probe_seed)
         if self._probe_state is not None:
             self._load_probe(probe)
-        self._probe = probe.to(_model_device(self.model))
+        self._probe = probe.to(model_device(self.model))
 
     def _load_probe(self, probe: ProbeSet) -> None:
         try:
@@ -362,7 +309,10 @@ class Monitor:
 
     # -- measuring --------------------------------------------------------------------------
     def _measure(self, due: list[Family], step: int) -> None:
-        allowed = [self.cap.allows(f.name) for f in due]
+        allowed, planned = [], 0.0
+        for f in due:  # in turn: each one sees what the ones admitted before it will spend
+            allowed.append(self.cap.allows(f.name, planned))
+            planned += self.cap.cost.get(f.name, 0.0) if allowed[-1] else 0.0
         if self.cap.fraction is not None:
             allowed = list(self._broadcast(allowed))  # rank 0 decides for every rank
         batch = self._probe.batch if self._probe is not None else None
@@ -374,14 +324,14 @@ class Monitor:
 
         ctx = Context(model, step, batch, capture, optimizer=self.optimizer,
                       loss_fn=self.loss_fn, forward=forward)
-        device = _model_device(model)
+        device = model_device(model)
         with preserved_rng([device] if device.type == "cuda" else []):
             for fam, ok in zip(due, allowed):
+                self._last[fam.name] = step  # asked: not asked again at this step
                 if not ok:
                     self.skipped[fam.name] = self.skipped.get(fam.name, 0) + 1
                     self._put(step, {metric_key("skipped", fam.name): float(self.skipped[fam.name])})
                     continue
-                self._last[fam.name] = step
                 t0 = self.cap.clock()
                 try:
                     result = fam.run(ctx)

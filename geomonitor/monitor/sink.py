@@ -33,7 +33,7 @@ from typing import Any
 
 __all__ = ["as_sink", "FanOut"]
 
-_METHODS = ("log_metrics", "log_diagram", "log_profile", "alert")
+_METHODS = ("log_metrics", "log_diagram", "log_profile", "alert", "flush")
 
 
 def _noop(*args: Any, **kwargs: Any) -> None:
@@ -96,6 +96,9 @@ class FanOut:
 
     def alert(self, title: str, text: str, level: str = "WARN", wait_duration: float = 300.0) -> None:
         self._each("alert", title, text, level, wait_duration)
+
+    def flush(self) -> None:
+        self._each("flush")
 
 
 def as_sink(sink: Any) -> Any:

@@ -7,7 +7,9 @@ background thread use generous timeouts only as a guard against a hang."""
 from __future__ import annotations
 
 import io
+import math
 import os
+import random
 import sys
 import threading
 import time
@@ -143,7 +145,7 @@ def _wait_idle(monitor: Monitor) -> None:
         time.sleep(0.001)
 
 
-# -- (a) skips exactly where the rule says, counted and delivered ---------------------------
+# -- skips exactly where the rule says, counted and delivered ---------------------------
 
 def _simulate(schedules: dict[str, tuple[int, float, float]], fraction: float, n_steps: int,
               dt: float) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
@@ -224,6 +226,16 @@ def test_skips_happen_exactly_where_the_rule_says_and_are_delivered():
     assert mon.cap.spent == 3.0 * len(runs["a"]) + 5.0 * len(runs["b"])
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_random_schedules_and_costs_skip_where_the_rule_says(seed):
+    rng = random.Random(seed)
+    a, b = rng.sample([3, 4, 5, 7, 11, 13], 2)
+    n_steps = min(a * b // math.gcd(a, b) - 1, 120)  # never both due: see the next test
+    schedules = {"a": (a, float(rng.randint(1, 5)), float(rng.choice([0, 0, 2, 6]))),
+                 "b": (b, float(rng.randint(1, 5)), float(rng.choice([0, 3])))}
+    _check_against_the_rule(schedules, rng.choice([0.25, 0.5]), n_steps, float(rng.randint(1, 2)))
+
+
 def test_the_hand_computed_schedule():
     # every 20 steps, 10 s each, 1 s of training per step, share 0.25; the clock starts at the
     # first step, so at step s training is s - 1 s. Step 20 runs (first). Then spent + 10 <=
@@ -246,7 +258,7 @@ def test_families_due_at_the_same_step_are_asked_in_turn():
     assert runs["a"] != runs["b"]
 
 
-# -- (b) the first measurement of every family always runs ----------------------------------
+# -- the first measurement of every family always runs ----------------------------------
 
 def test_the_first_measurement_of_every_family_runs_on_an_exhausted_budget():
     clock = Clock()
@@ -255,7 +267,8 @@ def test_the_first_measurement_of_every_family_runs_on_an_exhausted_budget():
             Background("e", 30, clock, cost=1.0, gate=threading.Event())]
     late[2].shared_gate.set()
     rec = Recorder()
-    mon = Monitor(_model(), sink=rec, families=[big, *late], max_overhead=0.01, clock=clock)
+    mon = Monitor(_model(), sink=rec, families=[big, *late], max_overhead=0.01, clock=clock,
+                  cpu_clock=Clock())
     for s in range(1, 61):
         clock.t += 1.0
         mon.step(s)
@@ -267,12 +280,12 @@ def test_the_first_measurement_of_every_family_runs_on_an_exhausted_budget():
     assert rec.values(metric_key("ph", "e", "h1_n_bars")) == [(30, 30.0)]
 
 
-# -- (c) no schedule drift -------------------------------------------------------------------
+# -- no schedule drift -------------------------------------------------------------------
 
 def test_measured_steps_never_leave_the_schedule():
     clock = Clock()
-    fams = [Sync("a", 20, clock, cost=7.0), Sync("b", 20, clock, cost=3.0),
-            Sync("c", 50, clock, cost=11.0)]
+    fams = [Sync("a", 20, clock, cost=3.0), Sync("b", 20, clock, cost=2.0),
+            Sync("c", 50, clock, cost=2.0)]
     mon = Monitor(_model(), families=fams, max_overhead=0.125, clock=clock)
     for s in range(1, 601):
         clock.t += 1.0
@@ -284,11 +297,11 @@ def test_measured_steps_never_leave_the_schedule():
         due = set(range(every, 601, every))
         assert set(fam.steps) <= due and len(fam.steps) == len(set(fam.steps))
         assert len(fam.steps) + mon.skipped[fam.name] == len(due)  # each occurrence: run or skip
-        assert 0 < mon.skipped[fam.name] < len(due) - 1
+        assert mon.skipped[fam.name] > 0 and len(fam.steps) >= 2
     assert 61 not in fams[0].steps and 162 not in fams[0].steps
 
 
-# -- (d) geometry/errors once per step ------------------------------------------------------
+# -- geometry/errors once per step ------------------------------------------------------
 
 def test_errors_are_delivered_once_per_step_with_the_running_total():
     fams = [Sync("a", 2, fail=True), Sync("b", 3, fail=True), Sync("c", 6, item_errors=2),
@@ -334,20 +347,20 @@ def test_a_failing_background_job_is_counted_at_the_step_it_describes():
 
 
 def test_strict_reraises_a_measurement_error():
-    mon = Monitor(_model(), families=[Sync("a", 2, fail=True)], strict=True)
+    mon = Monitor(_model(), families=[Sync("a", 2, fail=True)], strict=True, max_overhead=None)
     mon.step(1)
     with pytest.raises(RuntimeError, match="a broke at step 2"):
         mon.step(2)
     mon.close()
 
 
-# -- (e) sinks never take each other down ---------------------------------------------------
+# -- sinks never take each other down ---------------------------------------------------
 
 class Broken:
     def __init__(self) -> None:
         self.calls = 0
 
-    def log_metrics(self, metrics, step):
+    def log_metrics(self, *args):
         self.calls += 1
         raise OSError("Not a directory")
 
@@ -376,7 +389,8 @@ def test_a_failing_sink_is_warned_once_and_the_others_get_every_value():
         mon.close()
     sink_warnings = [w for w in caught if "failed in" in str(w.message)]
     assert len(sink_warnings) == 1
-    assert "sink 0 (Broken) failed in log_metrics: OSError('Not a directory')" in str(sink_warnings[0].message)
+    assert "sink 0 (Broken) failed in log_diagram: OSError('Not a directory'); the other sinks " \
+        "still get every value" == str(sink_warnings[0].message)  # a diagram came first
     assert broken.calls > 5  # it kept being called (and failing)
     want = [(s, m) for s, m in returned if m]
     assert good1.calls == good2.calls == seen == want
@@ -401,13 +415,13 @@ def test_a_single_failing_sink_is_counted_and_warned_once():
 
 
 def test_strict_reraises_a_sink_error():
-    mon = Monitor(_model(), sink=Broken(), families=[Sync("a", 1)], strict=True)
+    mon = Monitor(_model(), sink=Broken(), families=[Sync("a", 1)], strict=True, max_overhead=None)
     with pytest.raises(OSError, match="Not a directory"):
         mon.step(1)
     mon.close()
 
 
-# -- (f) dropped background jobs ------------------------------------------------------------
+# -- dropped background jobs ------------------------------------------------------------
 
 @pytest.mark.parametrize("max_pending", [1, 3])
 def test_jobs_beyond_max_pending_are_dropped_and_counted(max_pending):
@@ -430,7 +444,7 @@ def test_jobs_beyond_max_pending_are_dropped_and_counted(max_pending):
     assert rec.values(metric_key("ph", "bg", "h1_n_bars")) == [(s, float(s)) for s in kept]
 
 
-# -- (g) the training thread never waits on a background job --------------------------------
+# -- the training thread never waits on a background job --------------------------------
 
 def _steps_in_a_thread(mon: Monitor, steps: range) -> list[int]:
     returned: list[int] = []
@@ -449,29 +463,27 @@ def _steps_in_a_thread(mon: Monitor, steps: range) -> list[int]:
 
 def test_a_pending_job_never_blocks_the_training_thread():
     gate = threading.Event()
-    bg = Background("bg", 1000, gate=gate)
-    bg.schedule = Every(n_steps=1)
-    first = Background("first", 1, gate=gate)  # submits at step 1 only (see below)
-    first.schedule = Every(n_steps=10_000)
+    slow = Background("slow", 1, gate=gate)
+    slow.schedule = Every(n_epochs=1)  # submitted at the end of epoch 0 only
     sync = Sync("s", 1)
     rec = Recorder()
-    mon = Monitor(_model(), sink=rec, families=[Background("slow", 1_000_000, gate=gate), sync],
-                  max_overhead=None, max_pending=1)
-    slow = mon.families[0]
-    slow.schedule = Every(n_steps=1)
-    returned = _steps_in_a_thread(mon, range(1, 2))
-    returned += _steps_in_a_thread(mon, range(2, 102))
-    assert returned == list(range(1, 102))
-    assert sync.steps == list(range(1, 102))  # every step measured and returned
+    mon = Monitor(_model(), sink=rec, families=[slow, sync], max_overhead=None)
+    mon.step(1)
+    mon.step(1, epoch_end=True)
+    assert slow.steps == [1] and mon._worker.pending == 1
+    returned = _steps_in_a_thread(mon, range(2, 102))
+    assert returned == list(range(2, 102))     # 100 further steps, each one returned
+    assert sync.steps == list(range(1, 102))
     assert mon._worker.pending == 1 and slow.finished == []  # the job is still waiting
     assert rec.values(metric_key("ph", "slow", "h1_n_bars")) == []
-    assert mon.dropped == {"slow": 100}
     gate.set()
     delivered = mon.close()
     assert delivered == {metric_key("ph", "slow", "h1_n_bars"): 1.0}
     assert rec.values(metric_key("ph", "slow", "h1_n_bars")) == [(1, 1.0)]  # the step it describes
+    assert rec.diagrams == [(metric_key("ph", "slow", "diagram"), 1)]
 
 
+@pytest.mark.filterwarnings("ignore:Monitor. topology measurement at step:RuntimeWarning")
 def test_a_pending_topology_job_never_blocks_the_training_thread():
     # the real TopologyFamily, its giotto-ph step replaced by a solver that waits for a gate
     from geomonitor.topology.ripser_process import ripser_in_process
@@ -500,3 +512,320 @@ def test_a_pending_topology_job_never_blocks_the_training_thread():
     mon.close()
     got = rec.values(metric_key("ph", "0", "h1_n_bars"))
     assert [s for s, _ in got] == [5, 10, 15, 20]
+
+
+# -- checkpoints -------------------------------------------------------------------------
+
+def _probe_data(offset: float = 0.0):
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(40, 4, generator=g) + offset, torch.arange(40) % 3
+
+
+def _resumable(clock: Clock, probe, sink=None, **kw):
+    fams = [Sync("a", 5, clock, cost=2.0, needs_probe=True), Sync("b", 3, clock, cost=1.0, fail=True),
+            Sync("c", 4, clock, cost=0.5)]
+    mon = Monitor(_model(), probe=probe, sink=sink, families=fams, max_overhead=0.25, clock=clock,
+                  probe_size=kw.pop("probe_size", 16), **kw)
+    return mon, fams
+
+
+def _train(mon: Monitor, clock: Clock, steps: range) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MonitorWarning)  # b's failures
+        for s in steps:
+            clock.t += 1.0
+            mon.step(s)
+
+
+def _checkpoint(mon: Monitor) -> dict:
+    buf = io.BytesIO()
+    torch.save(mon.state_dict(), buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
+
+
+def test_a_resumed_monitor_continues_counters_schedule_costs_and_probe_set():
+    clock_whole = Clock()
+    whole, whole_fams = _resumable(clock_whole, _probe_data())
+    _train(whole, clock_whole, range(1, 61))
+
+    clock_a = Clock()
+    first, _ = _resumable(clock_a, _probe_data())
+    _train(first, clock_a, range(1, 31))
+    state = _checkpoint(first)
+    first.close()
+
+    clock_b = Clock(5000.0)                       # a new process: its clock reads anything
+    rec = Recorder()
+    resumed, fams = _resumable(clock_b, _probe_data(offset=100.0), sink=rec)  # other data
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MonitorWarning)  # same arguments: nothing to warn about
+        resumed.load_state_dict(state)
+    assert resumed.cap.training_time() == first.cap.training_time()
+    _train(resumed, clock_b, range(31, 61))
+
+    for mine, ref in zip(fams, whole_fams):
+        assert mine.steps == [s for s in ref.steps if s > 30], mine.name
+        assert mine.runs == ref.runs                     # the family's own state
+    assert resumed.skipped == whole.skipped and resumed.errors == whole.errors
+    assert resumed._last == whole._last
+    # counters go on from the checkpoint's values
+    first_skip = rec.values(metric_key("skipped", "a"))[0]
+    assert first_skip[1] == first.skipped["a"] + 1
+    assert rec.values(metric_key("errors"))[0] == (33, float(sum(first.errors.values()) + 1))
+    # the probe set is the checkpoint's (drawn from the first data), not a new draw
+    x, y = _probe_data()
+    idx = state["probe"]["indices"]
+    assert torch.equal(resumed.probe.batch[0], x[idx]) and torch.equal(resumed.probe.batch[1], y[idx])
+    assert all(torch.equal(b[0], x[idx]) for b in fams[0].batches)
+    for mon in (whole, resumed):
+        mon.close()
+
+
+def test_a_changed_probe_size_warns_and_draws_a_new_probe_set():
+    clock = Clock()
+    first, first_fams = _resumable(clock, _probe_data())
+    _train(first, clock, range(1, 11))
+    state = _checkpoint(first)
+    first.close()
+    resumed, fams = _resumable(Clock(), _probe_data(offset=100.0), probe_size=24)
+    with pytest.warns(MonitorWarning, match=r"Monitor resumed with probe_size=24 \(checkpoint: 16\): "
+                      r"the arguments apply; a new probe set is drawn"):
+        resumed.load_state_dict(state)
+    _train(resumed, Clock(), range(11, 16))
+    x, _ = resumed.probe.batch
+    assert x.shape == (24, 4) and bool((x > 50).all())  # drawn now, from this monitor's data
+    assert len(set(resumed.probe.indices.tolist())) == 24
+    assert sum(resumed.skipped.values()) >= sum(first.skipped.values()) > 0  # restored
+    assert fams[0].runs == len(first_fams[0].steps) + len(fams[0].steps)   # family state restored
+    resumed.close()
+
+
+def test_a_changed_layer_selection_warns_but_keeps_the_probe_set():
+    first = Monitor(_model(), probe=_probe_data(), families=[Sync("a", 1, needs_probe=True)],
+                    layers=["0"], probe_size=16, max_overhead=None)
+    first.step(1)
+    state = first.state_dict()
+    first.close()
+    resumed = Monitor(_model(), probe=_probe_data(offset=100.0), families=[Sync("a", 1, needs_probe=True)],
+                      layers=["0", "2"], probe_size=16, max_overhead=None)
+    with pytest.warns(MonitorWarning, match=r"Monitor resumed with layers=\['0', '2'\] \(checkpoint: "
+                      r"\['0'\]\): the arguments apply$"):
+        resumed.load_state_dict(state)
+    resumed.step(2)
+    assert bool((resumed.probe.batch[0] < 50).all())  # the checkpoint's probe set
+    resumed.close()
+
+
+def test_a_step_asked_twice_is_one_occurrence():
+    # a step that is also an epoch end, or a step repeated after a resume, is asked again:
+    # what ran is not run again, and what was skipped is not counted again
+    def run(fam, max_overhead):
+        clock, rec = Clock(), Recorder()
+        fam.clock = clock
+        mon = Monitor(_model(), sink=rec, families=[fam], max_overhead=max_overhead, clock=clock)
+        for s in range(1, 31):
+            clock.t += 1.0
+            mon.step(s)
+            if s % 10 == 0:
+                mon.step(s, epoch_end=True)
+        mon.step(30)
+        mon.close()
+        return mon, rec
+
+    ran = Sync("ran", Every(n_steps=10, n_epochs=1), cost=1.0)
+    run(ran, None)
+    assert ran.steps == [10, 20, 30]
+    capped = Sync("capped", Every(n_steps=10, n_epochs=1), cost=50.0)
+    mon, rec = run(capped, 0.5)
+    assert capped.steps == [10]
+    assert mon.skipped == {"capped": 2}
+    assert rec.values(metric_key("skipped", "capped")) == [(20, 1.0), (30, 2.0)]
+
+
+@pytest.mark.parametrize("state, got", [({"version": 1}, "1"), ({}, "None"), ([1, 2], "'list'")])
+def test_a_state_of_another_version_raises(state, got):
+    mon = Monitor(_model(), families=[Sync("a", 1)], max_overhead=None)
+    with pytest.raises(ValueError, match=rf"state_dict version must be 2, got {got}"):
+        mon.load_state_dict(state)
+
+
+# -- every raise -------------------------------------------------------------------------
+
+def test_a_model_that_is_not_a_module_raises():
+    with pytest.raises(ValueError, match=r"model must be a torch.nn.Module, got int"):
+        Monitor(3)
+
+
+@pytest.mark.parametrize("families", [[], [object()], [Sync("a", 1), "id"]])
+def test_bad_families_raise(families):
+    with pytest.raises(ValueError, match=r"families must be a non-empty list of Family objects, got "):
+        Monitor(_model(), families=families)
+
+
+def test_family_options_with_explicit_families_raise():
+    with pytest.raises(ValueError, match=r"family options \['id_every_n_steps', 'np_every_n_epochs'\] "
+                       r"apply to the default families only; configure the families you pass instead"):
+        Monitor(_model(), families=[Sync("a", 1)], id_every_n_steps=5, np_every_n_epochs=None, max_overhead=None)
+
+
+def test_an_unknown_family_option_raises():
+    with pytest.raises(ValueError, match=r"unknown family options \['id_every_n_step'\]; known: "):
+        Monitor(_model(), id_every_n_step=5)
+
+
+@pytest.mark.parametrize("name", ["forward_fn", "loss_fn", "cpu_clock", "broadcast"])
+def test_non_callable_functions_raise(name):
+    with pytest.raises(ValueError, match=rf"{name} must be callable or None, got 'x'"):
+        Monitor(_model(), families=[Sync("a", 1)], **{name: "x"})
+
+
+def test_bad_strict_clock_share_pending_and_sink_raise():
+    with pytest.raises(ValueError, match=r"strict must be True or False, got 1"):
+        Monitor(_model(), families=[Sync("a", 1)], strict=1)
+    with pytest.raises(ValueError, match=r"clock must be a callable returning seconds, got 5"):
+        Monitor(_model(), families=[Sync("a", 1)], clock=5)
+    with pytest.raises(ValueError, match=r"max_overhead must be a float in \(0, 1\] or None, got 2"):
+        Monitor(_model(), families=[Sync("a", 1)], max_overhead=2)
+    with pytest.raises(ValueError, match=r"max_pending must be a positive int, got 0"):
+        Monitor(_model(), families=[Sync("a", 1)], max_pending=0)
+    with pytest.raises(TypeError, match=r"sink must be None, a callable sink\(metrics, step\), an "
+                       r"object with log_metrics\(metrics, step\), or a list of those; got int"):
+        Monitor(_model(), families=[Sync("a", 1)], sink=7, max_overhead=None)
+
+
+def test_step_after_close_raises_and_close_is_idempotent():
+    mon = Monitor(_model(), families=[Sync("a", 1)], max_overhead=None)
+    mon.step(1)
+    mon.close()
+    assert mon.close() == {}
+    with pytest.raises(RuntimeError, match=r"Monitor.step after close\(\)"):
+        mon.step(2)
+
+
+@pytest.mark.parametrize("probe, name", [("abc", "str"), (lambda: 5, "int"), ({"x": 1}, "dict")])
+def test_a_probe_of_a_bad_type_disables_the_probe_families_or_raises_when_strict(probe, name):
+    message = (r"probe must be a DataLoader, a tensor, a tuple of tensors, a ProbeSet or a "
+               rf"callable returning one; got {name}")
+    fam, other = Sync("a", 1, needs_probe=True), Sync("b", 1)
+    mon = Monitor(_model(), probe=probe, families=[fam, other], max_overhead=None)
+    with pytest.warns(MonitorWarning, match=r"Monitor: a is disabled: no probe set could be "
+                      r"drawn: " + message):
+        mon.step(1)
+    mon.step(2)
+    mon.close()
+    assert fam.steps == [] and other.steps == [1, 2] and mon.probe is None
+    strict = Monitor(_model(), probe=probe, families=[Sync("a", 1, needs_probe=True)],
+                     max_overhead=None, strict=True)
+    with pytest.raises(TypeError, match=message):
+        strict.step(1)
+    strict.close()
+
+
+def test_a_probe_given_as_a_callable_or_a_dataloader_is_used():
+    x, y = _probe_data()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=7)
+    for probe in (lambda: (x, y), loader):
+        fam = Sync("a", 1, needs_probe=True)
+        mon = Monitor(_model(), probe=probe, families=[fam], probe_size=12, max_overhead=None)
+        mon.step(1)
+        bx, by = fam.batches[0]
+        idx = mon.probe.indices
+        assert len(idx) == 12 and torch.equal(bx, x[idx]) and torch.equal(by, y[idx])
+        mon.close()
+
+
+def test_default_forward_raises_on_batches_it_cannot_call_the_model_with():
+    model = _model()
+    with pytest.raises(TypeError, match=r"cannot infer the model input from a batch of type int; "
+                       r"pass forward_fn=lambda model, batch: model\(...\)"):
+        default_forward(model, 3)
+    with pytest.raises(TypeError, match=r"the probe batch is a dict with keys \['a', 'b'\]: pass "
+                       r"forward_fn="):
+        default_forward(model, {"a": torch.zeros(2, 4), "b": torch.zeros(2)})
+    x = torch.randn(5, 4)
+    ref = model(x)
+    assert torch.equal(default_forward(model, x), ref)
+    assert torch.equal(default_forward(model, (x, torch.zeros(5))), ref)
+    assert torch.equal(default_forward(model, [x]), ref)
+
+
+def test_a_layer_pattern_matching_nothing_raises_even_when_not_strict():
+    with pytest.raises(ValueError, match=r"layers: pattern 'fc9' matches no module of Sequential; "
+                       r"available: \[0, 1, 2\]"):
+        Monitor(_model(), probe=_probe_data(), layers=["fc9"],
+                families=[IntrinsicDimensionFamily(Every(n_steps=1))], max_overhead=None)
+
+
+def test_a_family_needing_a_probe_without_one_is_disabled():
+    fam, other = Sync("a", 1, needs_probe=True), Sync("b", 1)
+    with pytest.warns(MonitorWarning, match=r"Monitor: a is disabled: it needs probe data: pass "
+                      r"probe=\(inputs, targets\) or a DataLoader"):
+        mon = Monitor(_model(), families=[fam, other], max_overhead=None)
+    for s in range(1, 4):
+        mon.step(s)
+    assert fam.steps == [] and other.steps == [1, 2, 3] and mon.probe is None
+    with pytest.raises(ValueError, match=r"Monitor: a cannot run: it needs probe data"):
+        Monitor(_model(), families=[Sync("a", 1, needs_probe=True)], strict=True)
+
+
+# -- a family needing the loss without loss_fn -------------------------------------------
+
+def test_a_family_needing_the_loss_without_loss_fn_is_disabled_with_one_warning():
+    fam, other = Sync("lossy", 1, needs_loss=True), Sync("b", 1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mon = Monitor(_model(), families=[fam, other], max_overhead=None)
+        for s in range(1, 6):
+            mon.step(s)
+        mon.close()
+    msgs = [str(w.message) for w in caught if issubclass(w.category, MonitorWarning)]
+    assert msgs == ["Monitor: lossy is disabled: it needs the training loss: pass "
+                    "loss_fn=callable(model, batch)"]
+    assert fam.enabled is False and fam.steps == [] and other.steps == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match=r"Monitor: lossy cannot run: it needs the training loss"):
+        Monitor(_model(), families=[Sync("lossy", 1, needs_loss=True)], strict=True)
+
+
+def test_the_default_sharpness_family_without_loss_fn_is_disabled():
+    with pytest.warns(MonitorWarning, match=r"sharpness is disabled: it needs the training loss"):
+        mon = Monitor(_model(), probe=_probe_data(), topology_every_n_epochs=None, max_overhead=None)
+    assert [(f.name, f.enabled) for f in mon.families] == [
+        ("id", True), ("sharpness", False), ("neural_persistence", True)]
+    mon.close()
+
+
+# -- layers="auto" on a model without Linear/Conv ----------------------------------------
+
+class _Recurrent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(10, 6)
+        self.rnn = nn.LSTM(6, 5, batch_first=True)
+
+    def forward(self, tokens):
+        out, _ = self.rnn(self.emb(tokens))
+        return out[:, -1]
+
+
+def test_auto_layers_on_a_model_without_linear_or_conv_disables_the_activation_families():
+    tokens = torch.randint(0, 10, (30, 7), generator=torch.Generator().manual_seed(0))
+    fams = [IntrinsicDimensionFamily(Every(n_steps=1)), TopologyFamily(Every(n_steps=1), maxdim=0),
+            Sync("weights", 1)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mon = Monitor(_Recurrent(), probe=tokens, families=fams, max_overhead=None)
+        for s in range(1, 4):
+            mon.step(s)
+        mon.close()
+    msgs = [str(w.message) for w in caught if issubclass(w.category, MonitorWarning)]
+    assert len(msgs) == 2
+    for name, msg in zip(("id", "topology"), msgs):
+        assert msg.startswith(f"Monitor: {name} is disabled: no layer to capture: layers: 'auto' "
+                              "(leaf Linear/Conv modules) matches no module of _Recurrent")
+    assert [f.enabled for f in fams] == [False, False, True]
+    assert fams[2].steps == [1, 2, 3] and mon.modules == {}
+    with pytest.raises(ValueError, match=r"layers: 'auto' \(leaf Linear/Conv modules\) matches no "
+                       r"module of _Recurrent; available: \[emb, rnn\]"):
+        Monitor(_Recurrent(), probe=tokens, strict=True,
+                families=[IntrinsicDimensionFamily(Every(n_steps=1)), Sync("weights", 1)], max_overhead=None)
