@@ -107,7 +107,7 @@ class CharTransformer(pl.LightningModule):
     Modules: ``embed``, ``blocks`` (``blocks.layers.N``), ``norm``, ``head``."""
 
     def __init__(self, vocab: int, d_model: int = 64, n_layers: int = 4, n_heads: int = 4,
-                 context: int = 64, lr: float = 3e-3, weight_decay: float = 0.01) -> None:
+                 context: int = 32, lr: float = 3e-3, weight_decay: float = 0.01) -> None:
         super().__init__()
         if d_model % n_heads:
             raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
@@ -169,16 +169,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--d-model", type=int, default=64)
     parser.add_argument("--layers", type=int, default=4, help="transformer blocks")
     parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--context", type=int, default=64)
+    parser.add_argument("--context", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--max-steps", type=int, default=400)
+    parser.add_argument("--max-steps", type=int, default=300)
     parser.add_argument("--epoch-steps", type=int, default=100,
                         help="steps per epoch (validation, persistence, neural persistence)")
     parser.add_argument("--every", type=int, default=25, help="steps between ID measurements")
     parser.add_argument("--sharpness-every", type=int, default=50)
     parser.add_argument("--probe-size", type=int, default=128, help="held-out probe windows")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (1: reproducible, and on a busy CPU several threads "
+                             "spend their time waiting for each other)")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, args.threads))
     pl.seed_everything(args.seed, verbose=False)

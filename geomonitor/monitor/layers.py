@@ -8,30 +8,18 @@ the point cloud the intrinsic-dimension and topology estimators take.
 ``""`` excluded): an exact name (``"encoder.0"``) or a glob (``"encoder.*"``, ``"*.fc?"``;
 ``*`` also crosses dots). Order is that of ``named_modules()``; duplicates are removed.
 
-``"auto"`` measures the model's **blocks**, the depth profile of Ansuini et al. ("Intrinsic
-dimension of data representations in deep neural networks", NeurIPS 2019) and Valeriani et al.
-("The geometry of hidden representations of large transformer models", NeurIPS 2023), who
-measure representations block by block:
-
-1. *Repeated blocks*: walking the module tree from the root, an ``nn.ModuleList`` or
-   ``nn.Sequential`` with at least two children of one class, those children being blocks
-   (modules with submodules, or custom modules that are not ``torch.nn`` layers), contributes
-   every child of a repeated class: ``encoder.layers.N`` (``nn.TransformerEncoder``),
-   ``transformer.h.N`` (GPT-2), ``layerK.N`` (torchvision ResNet). The outermost such level
-   wins: a selected block is not searched further (a ``Sequential`` of stages, each a
-   ``Sequential`` of blocks, gives the stages); other children are. A ``Sequential`` whose
-   repeated children are plain layers (``Linear``, ``ReLU``) does not count.
-2. *Head*: the last weight layer in registration order (leaf ``nn.Linear``, Hugging Face
-   ``Conv1D`` or convolution, see :mod:`geomonitor._modules`: ``lm_head``, ``fc``, ``head``)
-   unless it lies inside a selected block.
-3. *No repeated block*: every leaf weight layer (the MLP case: ``fc1``, ``fc2``, ``fc3``).
-
-At most ``max_auto`` modules are kept, evenly spaced in registration order, always including
-the first and the last. :meth:`LayerSelector.describe` states the selection in one line.
+``"auto"`` measures the model's **blocks** (:mod:`geomonitor.monitor.blocks`): the outputs
+of the repeated blocks -- the children of an ``nn.ModuleList`` / ``nn.Sequential`` holding at
+least two blocks of one class, the outermost such level (``encoder.layers.N``,
+``transformer.h.N``, ``layerK.N``) -- plus the head, the last leaf ``Linear`` / HF ``Conv1D`` /
+conv layer (``lm_head``, ``fc``) when it is not inside a block; a model without repeated blocks
+gets its leaf weight layers (an MLP: ``fc1``, ``fc2``, ``fc3``). At most ``max_auto`` modules,
+evenly spaced over depth, first and last kept. :meth:`LayerSelector.describe` states the
+selection in one line, for printing once at setup.
 
 **Reduction** of one module output (:func:`reduce_output`): containers are unwrapped first
 (tuple/list -> first tensor found, depth first; dict/``ModelOutput`` -> ``last_hidden_state``
-when present, else the first tensor value), then, with F the feature dim and P the positions:
+when present, else the first tensor value), then:
 
 ===================================  ============  ===========================  ==============
 output shape (layout)                ``flatten``   ``auto`` = ``mean``           ``last``
@@ -76,14 +64,14 @@ from __future__ import annotations
 
 import fnmatch
 import warnings
-from collections import Counter
 from collections.abc import Callable, Mapping, MutableSet, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from geomonitor._modules import feature_layout, is_weight_layer
+from geomonitor._modules import feature_layout
+from geomonitor.monitor.blocks import auto_selection
 
 __all__ = ["LayerSelector", "LayerCaptureWarning", "REDUCTIONS", "reduce_output",
            "capture_activations"]
@@ -105,50 +93,6 @@ def _check_reduce(reduce: Any) -> str:
 def _names_hint(names: list[str], limit: int = 60) -> str:
     shown = ", ".join(names[:limit])
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
-
-
-def _is_leaf(m: nn.Module) -> bool:
-    return next(m.children(), None) is None
-
-
-def _is_block(m: nn.Module) -> bool:
-    """A module with submodules, or a custom module that is not a ``torch.nn`` layer."""
-    if not _is_leaf(m):
-        return True
-    return not is_weight_layer(m) and not type(m).__module__.startswith("torch.nn")
-
-
-def _join(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-def repeated_blocks(model: nn.Module) -> list[str]:
-    """Names of the repeated blocks of ``model`` (rule 1 of the module docstring)."""
-    out: list[str] = []
-
-    def visit(prefix: str, module: nn.Module) -> None:
-        kids = list(module.named_children())
-        rep: set[type] = set()
-        if isinstance(module, (nn.ModuleList, nn.Sequential)):
-            counts = Counter(type(c) for _, c in kids if _is_block(c))
-            rep = {t for t, k in counts.items() if k >= 2}
-        for name, child in kids:
-            if type(child) in rep and _is_block(child):
-                out.append(_join(prefix, name))
-            else:
-                visit(_join(prefix, name), child)
-
-    visit("", model)
-    return out
-
-
-def _evenly(names: list[str], k: int | None) -> list[str]:
-    if k is None or len(names) <= k:
-        return names
-    if k == 1:
-        return [names[-1]]
-    step = (len(names) - 1) / (k - 1)
-    return [names[round(i * step)] for i in range(k)]
 
 
 class LayerSelector:
@@ -218,18 +162,8 @@ class LayerSelector:
         return {n: m for n, m in named if n in chosen}
 
     def _auto(self, model: nn.Module, named: list[tuple[str, nn.Module]]) -> list[str]:
-        blocks = repeated_blocks(model)
-        if blocks:
-            inside = tuple(b + "." for b in blocks)
-            weights = [n for n, m in named if is_weight_layer(m) and _is_leaf(m)]
-            head = weights[-1] if weights and not weights[-1].startswith(inside) else None
-            self._rule, self._head = "blocks", head
-            order = {n: i for i, (n, _) in enumerate(named)}
-            return _evenly(sorted(blocks + ([head] if head else []), key=order.__getitem__),
-                           self.max_auto)
-        self._rule, self._head = "leaves", None
-        leaves = [n for n, m in named if is_weight_layer(m) and _is_leaf(m)]
-        return _evenly(leaves, self.max_auto)
+        names, self._rule, self._head = auto_selection(model, self.max_auto)
+        return names
 
     def describe(self, selected: Mapping[str, nn.Module]) -> str:
         """One line stating the selection: the rule, then the names grouped by class.
