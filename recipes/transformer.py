@@ -1,6 +1,6 @@
 """A character-level transformer language model, seen block by block by the geometry monitor.
 
-    python recipes/transformer.py                  # W&B offline, a few minutes on 2 CPU cores
+    python recipes/transformer.py                  # W&B offline, 2-3 minutes on a CPU core
     python recipes/transformer.py --online         # stream to W&B
     python recipes/transformer.py --logger csv     # or tensorboard
 
@@ -18,7 +18,7 @@ windows it logs
 
 * ``geometry/id/<block>``: TwoNN intrinsic dimension of each block's representation — the
   ID profile across depth (Valeriani et al., 2023, "The geometry of hidden representations of
-  large transformer models", NeurIPS, find it rises then falls through the blocks of trained
+  large transformer models", NeurIPS, follow it through the blocks of large trained
   transformers);
 * ``geometry/sharpness`` and ``geometry/eos_ratio``: the top eigenvalue of the
   Adam-preconditioned Hessian of the training loss and its ratio to Adam's stability
@@ -28,8 +28,24 @@ windows it logs
 
 The figure (``--out``, default ``recipes/out/transformer.png``) shows the losses, the ID of each
 block over training, the ID profile across blocks at a few moments, and the preconditioned
-sharpness against the threshold. A summary (ID profile first and last, sharpness, losses) is
-printed at the end; the numbers behind ``docs/figures/transformer.png`` are in the README.
+sharpness against the threshold. Defaults: 4 blocks, d_model 64, 4 heads, context 32, batch 32,
+AdamW lr 3e-3, 300 steps (an "epoch" is 100 steps), 512 probe windows; ID every 25 steps,
+sharpness every 50. Measured with the defaults (``--seed 0 --logger csv``, one torch thread,
+2-core CPU shared with other jobs: 102 s of training, 2 min 19 s wall in all)::
+
+    train loss 3.15 (step 4) -> 1.39 (step 299); held-out loss 1.85 (step 99) -> 1.36 (step 299)
+    ID profile (step 25): blocks.layers.0 7.4, blocks.layers.1 7.3, blocks.layers.2 7.5, blocks.layers.3 7.6, head 7.7
+    ID profile (step 300): blocks.layers.0 8.3, blocks.layers.1 7.6, blocks.layers.2 7.7, blocks.layers.3 7.5, head 7.9
+    preconditioned sharpness 2.17e+03 (step 50) -> 3.36e+03 (step 300)
+    eos_ratio 0.171 (step 50) -> 0.266 (step 300)
+
+What this shows, honestly: at this size and length the ID profile is nearly flat (7.2-9.1
+over all blocks and times, moving by about 0.5 between neighbouring measurements). By the end the first block is the
+highest-dimensional (8.3) and the later blocks sit lower (7.5-7.9), but there is no clear
+structure across depth, as reported for much larger, longer-trained models.
+The preconditioned sharpness rises during the first 200 steps (2.2e3 -> 4.0e3) and then
+falls back a little; ``eos_ratio`` stays at 0.17-0.32, so AdamW at lr 3e-3 keeps well below its
+stability threshold here.
 """
 from __future__ import annotations
 
@@ -177,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="steps per epoch (validation, persistence, neural persistence)")
     parser.add_argument("--every", type=int, default=25, help="steps between ID measurements")
     parser.add_argument("--sharpness-every", type=int, default=50)
-    parser.add_argument("--probe-size", type=int, default=128, help="held-out probe windows")
+    parser.add_argument("--probe-size", type=int, default=512, help="held-out probe windows")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (1: reproducible, and on a busy CPU several threads "
                              "spend their time waiting for each other)")
