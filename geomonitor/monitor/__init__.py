@@ -7,7 +7,8 @@
 * :class:`Every` -- the schedule (:mod:`.schedule`);
 * :func:`metric_key`, :data:`FAMILIES` -- metric names, built only here (:mod:`.keys`);
 * :class:`ProbeSet` -- the fixed, seeded probe inputs (:mod:`.probe`);
-* :class:`LayerSelector`, :func:`reduce_output`, :func:`capture_activations` -- which modules
+* :class:`LayerSelector`, :func:`reduce_output`, :func:`capture_activations`,
+  :class:`LayerCaptureWarning` -- which modules
   and their outputs as (N, D) point clouds (:mod:`.layers`);
 * :class:`BackgroundWorker` -- CPU-heavy jobs off the training thread (:mod:`.worker`);
 * :func:`as_sink` -- what the engine accepts as a sink (:mod:`.sink`);
@@ -17,12 +18,13 @@ from geomonitor.monitor.cost import CostCap
 from geomonitor.monitor.engine import Monitor, MonitorWarning
 from geomonitor.monitor.family import Context, Family, Measurement
 from geomonitor.monitor.keys import FAMILIES, PREFIX, metric_key
-from geomonitor.monitor.layers import REDUCTIONS, LayerSelector, capture_activations, reduce_output
+from geomonitor.monitor.layers import (REDUCTIONS, LayerCaptureWarning, LayerSelector,
+                                      capture_activations, reduce_output)
 from geomonitor.monitor.probe import ProbeSet
 from geomonitor.monitor.schedule import Every
 from geomonitor.monitor.sink import as_sink
 from geomonitor.monitor.worker import BackgroundWorker
 
 __all__ = ["Monitor", "MonitorWarning", "CostCap", "Family", "Context", "Measurement", "Every",
-           "FAMILIES", "PREFIX", "metric_key", "ProbeSet", "LayerSelector", "REDUCTIONS",
-           "reduce_output", "capture_activations", "BackgroundWorker", "as_sink"]
+           "FAMILIES", "PREFIX", "metric_key", "ProbeSet", "LayerSelector", "LayerCaptureWarning",
+           "REDUCTIONS", "reduce_output", "capture_activations", "BackgroundWorker", "as_sink"]

@@ -4,51 +4,84 @@
 forward on the probe set with forward hooks and returns, per module, an (N, D) float tensor:
 the point cloud the intrinsic-dimension and topology estimators take.
 
-Selection (``fnmatch.fnmatchcase`` over the names of ``model.named_modules()``, the root module
+**Selection** (``fnmatch.fnmatchcase`` over the names of ``model.named_modules()``, the root
 ``""`` excluded): an exact name (``"encoder.0"``) or a glob (``"encoder.*"``, ``"*.fc?"``;
-``*`` also crosses dots). ``"auto"`` selects every *leaf* ``nn.Linear`` / ``nn.Conv{1,2,3}d`` /
-transposed conv, at most ``max_auto`` of them, evenly spaced in registration order and always
-including the first and the last (a depth profile, in the spirit of Ansuini et al., "Intrinsic
-dimension of data representations in deep neural networks", NeurIPS 2019, who measure it
-layer by layer). Order is that of ``named_modules()``; duplicates are removed.
+``*`` also crosses dots). Order is that of ``named_modules()``; duplicates are removed.
 
-Reduction of one module output (:func:`reduce_output`): containers are unwrapped first
+``"auto"`` measures the model's **blocks** (:mod:`geomonitor.monitor.blocks`): the outputs
+of the repeated blocks -- the children of an ``nn.ModuleList`` / ``nn.Sequential`` holding at
+least two blocks of one class, the outermost such level (``encoder.layers.N``,
+``transformer.h.N``, ``layerK.N``) -- plus the head, the last leaf ``Linear`` / HF ``Conv1D`` /
+conv layer (``lm_head``, ``fc``) when it is not inside a block; a model without repeated blocks
+gets its leaf weight layers (an MLP: ``fc1``, ``fc2``, ``fc3``). At most ``max_auto`` modules,
+evenly spaced over depth, first and last kept. :meth:`LayerSelector.describe` states the
+selection in one line, for printing once at setup.
+
+**Reduction** of one module output (:func:`reduce_output`): containers are unwrapped first
 (tuple/list -> first tensor found, depth first; dict/``ModelOutput`` -> ``last_hidden_state``
-when present, else the first tensor value), then
+when present, else the first tensor value), then:
 
-============================  =================  ===========  ==============
-output shape                  ``flatten``        ``mean``     ``last``
-============================  =================  ===========  ==============
-[B]                           (B, 1)             (B, 1)       (B, 1)
-[B, D]                        (B, D)             (B, D)       (B, D)
-[B, T, D] (sequence)          (B, T*D)           (B, D)       (B, D) token T-1
-[B, C, L] (``channels_first``)  (B, C*L)         (B, C)       (B, C) position L-1
-[B, C, H, W], [B, C, ...]     (B, C*H*W...)      (B, C)       ``ValueError``
-============================  =================  ===========  ==============
+===================================  ============  ===========================  ==============
+output shape (layout)                ``flatten``   ``auto`` = ``mean``           ``last``
+===================================  ============  ===========================  ==============
+[B]                                  (B, 1)        (B, 1)                       (B, 1)
+[B, D]                               (B, D)        (B, D)                       (B, D)
+[B, T, D] (tokens; channels last)    (B, T*D)      (B, D) mean over tokens      (B, D) token T-1
+[B, C, L] (channels first)           (B, C*L)      (B, C) mean over positions   (B, C) at L-1
+[B, C, H, W, ...] (channels first)   (B, C*H*W..)  (B, C) mean over positions   ``ValueError``
+[B, H, W, C] (channels last)         (B, H*W*C)    (B, C) mean over positions   ``ValueError``
+===================================  ============  ===========================  ==============
 
-``channels_first`` is set by :func:`capture_activations` for convolution modules, so a
-``Conv1d`` output [B, C, L] is averaged over positions, not channels.
+Layout (:func:`geomonitor._modules.feature_layout`): a convolution, or a block made of
+convolutions, is channels first; a linear-like layer, or a block made of them, maps the last
+dim (channels last); otherwise a 3-d output is read as [B, T, D] and a larger one as
+[B, C, ...].
 
-Failure modes: a pattern matching nothing -> ``ValueError`` listing the available names; an
-output with no tensor, a 0-d or complex tensor -> ``ValueError``; a selected module that does
-not run in the forward -> ``ValueError`` naming it.
+What each means geometrically. ``auto`` (the default) is, for every kind of layer, the
+feature vector averaged over positions: for a conv map the per-channel global average, the
+representation a global-pooling classifier head sees (a point per image in R^C); for tokens
+the mean-pooled sequence embedding (Valeriani et al. average over the sequence); a [B, D]
+output is already one vector per sample. It is translation invariant and its dimension does
+not grow with the resolution or the sequence length. ``flatten`` keeps the whole map (a point
+per image in R^{C*H*W}: position-sensitive, 25,088 features for 512x7x7 and estimators
+correspondingly slower); ``last`` takes the last token (the one a causal language model
+predicts from). ``mean`` is ``auto`` spelled out: the two agree on every shape today.
+
+Memory: each hook reduces the module's output at once, accumulating the mean in float32 in
+place of the output (no copy, no float32 cast of a half-precision map); the capture holds one
+(N, F) tensor per module. A 256 x 512x7x7 output becomes (256, 512): 0.5 MiB in float32,
+against 25.7 MB (49x) with ``flatten``; ID and topology then work on 256 x 512.
+
+**Failure modes**: a pattern matching nothing -> ``ValueError`` listing the available names;
+an output with no tensor, a 0-d or complex tensor -> ``ValueError``. A selected module that
+does not run in the forward (``nn.MultiheadAttention.out_proj``, whose weights are used
+functionally; a dropout skipped in eval) is left out of the capture with one
+:class:`LayerCaptureWarning` naming it; if no selected module runs -> ``ValueError``. Token
+averages include padding positions: give a probe set without padding (or ``reduce="last"``
+on left-padded batches).
 """
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Mapping, MutableSet, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["LayerSelector", "REDUCTIONS", "reduce_output", "capture_activations"]
+from geomonitor._modules import feature_layout
+from geomonitor.monitor.blocks import auto_selection
+
+__all__ = ["LayerSelector", "LayerCaptureWarning", "REDUCTIONS", "reduce_output",
+           "capture_activations"]
 
 #: Allowed values of ``reduce``.
-REDUCTIONS = ("flatten", "mean", "last")
+REDUCTIONS = ("auto", "flatten", "mean", "last")
 
-_AUTO_TYPES = (nn.Linear, nn.modules.conv._ConvNd)
-_CONV_TYPES = (nn.modules.conv._ConvNd,)
+
+class LayerCaptureWarning(UserWarning):
+    """A selected module did not run during the capture forward and was left out."""
 
 
 def _check_reduce(reduce: Any) -> str:
@@ -67,8 +100,13 @@ class LayerSelector:
 
     Args:
         patterns: ``"auto"``, one pattern, or a non-empty sequence of patterns.
-        reduce: ``"flatten"``, ``"mean"`` or ``"last"`` (see the module docstring).
+        reduce: ``"auto"``, ``"flatten"``, ``"mean"`` or ``"last"`` (see the module docstring).
         max_auto: most modules ``"auto"`` selects (evenly spaced over depth); ``None`` = all.
+
+    Attributes:
+        warned: names of modules already reported by :class:`LayerCaptureWarning`; pass it to
+            :func:`capture_activations` (``warned=selector.warned``) to warn once per module
+            for the selector's lifetime.
 
     Raises:
         ValueError: empty/non-string patterns, unknown ``reduce``, bad ``max_auto``.
@@ -77,9 +115,12 @@ class LayerSelector:
         >>> net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
         >>> list(LayerSelector("auto").resolve(net))
         ['0', '2']
+        >>> enc = nn.TransformerEncoder(nn.TransformerEncoderLayer(16, 2, batch_first=True), 2)
+        >>> list(LayerSelector("auto").resolve(enc))
+        ['layers.0', 'layers.1']
     """
 
-    def __init__(self, patterns: str | Sequence[str] = "auto", reduce: str = "flatten",
+    def __init__(self, patterns: str | Sequence[str] = "auto", reduce: str = "auto",
                  *, max_auto: int | None = 16) -> None:
         if isinstance(patterns, str):
             patterns = [patterns]
@@ -93,6 +134,9 @@ class LayerSelector:
         self.patterns = list(patterns)
         self.reduce = _check_reduce(reduce)
         self.max_auto = max_auto
+        self.warned: set[str] = set()
+        self._rule: str | None = None  # what "auto" used at the last resolve()
+        self._head: str | None = None
 
     def resolve(self, model: nn.Module) -> dict[str, nn.Module]:
         """The selected modules of ``model`` by name, in ``named_modules()`` order.
@@ -106,8 +150,8 @@ class LayerSelector:
         chosen: set[str] = set()
         for pattern in self.patterns:
             if pattern == "auto":
-                hits = self._auto(named)
-                what = "'auto' (leaf Linear/Conv modules)"
+                hits = self._auto(model, named)
+                what = "'auto' (repeated blocks, head, or leaf Linear/Conv modules)"
             else:
                 hits = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
                 what = f"pattern {pattern!r}"
@@ -117,15 +161,38 @@ class LayerSelector:
             chosen.update(hits)
         return {n: m for n, m in named if n in chosen}
 
-    def _auto(self, named: list[tuple[str, nn.Module]]) -> list[str]:
-        leaves = [n for n, m in named if isinstance(m, _AUTO_TYPES) and next(m.children(), None) is None]
-        k = self.max_auto
-        if k is None or len(leaves) <= k:
-            return leaves
-        if k == 1:
-            return [leaves[-1]]
-        step = (len(leaves) - 1) / (k - 1)
-        return [leaves[round(i * step)] for i in range(k)]
+    def _auto(self, model: nn.Module, named: list[tuple[str, nn.Module]]) -> list[str]:
+        names, self._rule, self._head = auto_selection(model, self.max_auto)
+        return names
+
+    def describe(self, selected: Mapping[str, nn.Module]) -> str:
+        """One line stating the selection: the rule, then the names grouped by class.
+
+        Example: ``layers='auto' -> 9 modules (repeated blocks + head): layer1.0, layer1.1,
+        layer2.0, ..., layer4.1 (BasicBlock); fc (Linear, head); reduce='auto' (mean over
+        positions/tokens)``.
+        """
+        if self.patterns == ["auto"]:
+            rule = {"blocks": " (repeated blocks + head)" if self._head else " (repeated blocks)",
+                    "leaves": " (leaf Linear/Conv layers: no repeated blocks)"}.get(self._rule, "")
+            head = "'auto'"
+        else:
+            rule, head = "", repr(self.patterns if len(self.patterns) > 1 else self.patterns[0])
+        groups: list[tuple[str, list[str]]] = []
+        for name, module in selected.items():
+            cls = type(module).__name__ + (", head" if name == self._head else "")
+            if groups and groups[-1][0] == cls:
+                groups[-1][1].append(name)
+            else:
+                groups.append((cls, [name]))
+        parts = []
+        for cls, names in groups:
+            shown = names if len(names) <= 6 else names[:3] + ["..."] + names[-2:]
+            parts.append(f"{', '.join(shown)} ({cls})")
+        meaning = {"auto": "mean over positions/tokens", "mean": "mean over positions/tokens",
+                   "flatten": "whole output flattened", "last": "last token/position"}
+        return (f"layers={head} -> {len(selected)} modules{rule}: {'; '.join(parts)}; "
+                f"reduce={self.reduce!r} ({meaning[self.reduce]})")
 
     def __repr__(self) -> str:
         return f"LayerSelector({self.patterns!r}, reduce={self.reduce!r}, max_auto={self.max_auto!r})"
@@ -150,20 +217,28 @@ def _first_tensor(output: Any) -> torch.Tensor | None:
     return None
 
 
-def reduce_output(output: Any, reduce: str, *, channels_first: bool = False) -> torch.Tensor:
+def reduce_output(output: Any, reduce: str = "auto", *,
+                  channels_first: bool | None = None) -> torch.Tensor:
     """One module output as a (B, D) float tensor (see the table in the module docstring).
 
     Args:
         output: a tensor, tuple/list, dict or HF ``ModelOutput`` (an ``OrderedDict`` subclass).
-        reduce: ``"flatten"``, ``"mean"`` or ``"last"``.
-        channels_first: a 3-d output is [B, C, L] (convolution) rather than [B, T, D].
+        reduce: ``"auto"``, ``"flatten"``, ``"mean"`` or ``"last"``.
+        channels_first: where the features are: True = dim 1 ([B, C, ...], convolutions),
+            False = the last dim ([B, T, D], [B, H, W, C], linear layers), None = unknown
+            (a 3-d output is [B, T, D], a larger one [B, C, ...]).
 
     Returns:
-        (B, D), detached; float32 unless the output is float64.
+        (B, D), detached; float32 unless the output is float64. Means accumulate in float32
+        (float64 for float64 outputs) without copying the output first.
 
     Raises:
         ValueError: unknown ``reduce``; no tensor in ``output``; 0-d or complex tensor;
             ``"last"`` on an output with more than 3 dims.
+
+    Example:
+        >>> reduce_output(torch.randn(8, 512, 7, 7)).shape
+        torch.Size([8, 512])
     """
     _check_reduce(reduce)
     t = _first_tensor(output)
@@ -175,20 +250,22 @@ def reduce_output(output: Any, reduce: str, *, channels_first: bool = False) -> 
     if t.is_complex():
         raise ValueError(f"output must be real, got dtype {t.dtype}")
     t = t.detach()
-    t = t.to(torch.float64 if t.dtype == torch.float64 else torch.float32)
+    dtype = torch.float64 if t.dtype == torch.float64 else torch.float32
     b = t.shape[0]
     if t.ndim == 1:
-        return t.reshape(b, 1)
+        return t.reshape(b, 1).to(dtype)
     if t.ndim == 2 or reduce == "flatten":
-        return t.reshape(b, -1)
-    if t.ndim == 3:
-        if channels_first:  # [B, C, L]
-            return t.mean(dim=2) if reduce == "mean" else t[:, :, -1]
-        return t.mean(dim=1) if reduce == "mean" else t[:, -1, :]
-    if reduce == "mean":  # [B, C, *spatial]
-        return t.flatten(2).mean(dim=2)
-    raise ValueError(f"reduce='last' is defined for [B, T, D] sequence outputs, got shape "
-                     f"{tuple(t.shape)}; use 'mean' or 'flatten'")
+        return t.reshape(b, -1).to(dtype)
+    if channels_first is None:
+        channels_first = t.ndim > 3
+    if reduce == "last":
+        if t.ndim > 3:
+            raise ValueError(f"reduce='last' is defined for [B, T, D] sequence outputs, got "
+                             f"shape {tuple(t.shape)}; use 'auto', 'mean' or 'flatten'")
+        return (t[:, :, -1] if channels_first else t[:, -1, :]).to(dtype)
+    # "auto" / "mean": average over every dim but the batch and the features
+    dims = tuple(range(2, t.ndim)) if channels_first else tuple(range(1, t.ndim - 1))
+    return torch.mean(t, dim=dims, dtype=dtype)
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -200,7 +277,8 @@ def _model_device(model: nn.Module) -> torch.device:
 
 
 def capture_activations(model: nn.Module, modules: dict[str, nn.Module],
-                        run_forward: Callable[[], Any], *, reduce: str = "flatten") -> dict[str, torch.Tensor]:
+                        run_forward: Callable[[], Any], *, reduce: str = "auto",
+                        warned: MutableSet[str] | None = None) -> dict[str, torch.Tensor]:
     """Outputs of ``modules`` during one no-grad, eval-mode forward, reduced to (N, D).
 
     Forward hooks on each selected module reduce its output immediately (memory: one (N, D)
@@ -212,21 +290,28 @@ def capture_activations(model: nn.Module, modules: dict[str, nn.Module],
     its own ``training`` flag (set per module, so mixed train/eval states survive).
 
     A module called several times in one forward (weight sharing, a recurrent cell) keeps the
-    output of its last call.
+    output of its last call. A module that is not called (its weights used functionally, as
+    ``nn.MultiheadAttention.out_proj``; a branch not taken) is left out of the result with a
+    :class:`LayerCaptureWarning` naming it; the caller sees it as a name missing from the
+    returned dict.
 
     Args:
         model: the network whose modes are switched and restored.
         modules: name -> module, e.g. from :meth:`LayerSelector.resolve`.
         run_forward: zero-argument closure running the forward on the probe batch.
-        reduce: ``"flatten"``, ``"mean"`` or ``"last"``.
+        reduce: ``"auto"``, ``"flatten"``, ``"mean"`` or ``"last"``; the layout of each
+            module's output comes from :func:`geomonitor._modules.feature_layout`.
+        warned: names already warned about; a module in it is left out silently, a newly
+            missing one is warned about and added. None: warn at every call.
 
     Returns:
-        name -> (N, D) detached float tensor on the device the module computed on.
+        name -> (N, D) detached float tensor on the device the module computed on, for the
+        modules that ran, in the order of ``modules``.
 
     Cost: one forward pass of ``model`` on the probe batch.
 
     Raises:
-        ValueError: unknown ``reduce``, empty ``modules``, a module that did not run.
+        ValueError: unknown ``reduce``, empty ``modules``, no selected module ran.
         Whatever ``run_forward`` raises (after cleaning up).
 
     Example:
@@ -243,10 +328,10 @@ def capture_activations(model: nn.Module, modules: dict[str, nn.Module],
     out: dict[str, torch.Tensor] = {}
 
     def hook_for(name: str, module: nn.Module) -> Callable[..., None]:
-        cf = isinstance(module, _CONV_TYPES)
+        layout = feature_layout(module)
 
         def hook(_mod: nn.Module, _inputs: Any, output: Any) -> None:
-            out[name] = reduce_output(output, reduce, channels_first=cf)
+            out[name] = reduce_output(output, reduce, channels_first=layout)
 
         return hook
 
@@ -266,8 +351,15 @@ def capture_activations(model: nn.Module, modules: dict[str, nn.Module],
             h.remove()
         for m, mode in reversed(modes):
             m.training = mode
-    missing = [n for n in modules if n not in out]
-    if missing:
-        raise ValueError(f"modules {missing} did not run during the forward; select modules the "
-                         "forward calls")
-    return {n: out[n] for n in modules}
+    if not out:
+        raise ValueError(f"none of the selected modules {_names_hint(list(modules), 20)} ran "
+                         "during the forward; select modules the forward calls")
+    for name in modules:
+        if name not in out and (warned is None or name not in warned):
+            warnings.warn(f"module {name!r} ({type(modules[name]).__name__}) did not run during "
+                          "the forward and is left out of the activations (its weights may be "
+                          "used functionally, as nn.MultiheadAttention.out_proj's)",
+                          LayerCaptureWarning, stacklevel=2)
+            if warned is not None:
+                warned.add(name)
+    return {n: out[n] for n in modules if n in out}

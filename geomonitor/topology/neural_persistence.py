@@ -24,6 +24,11 @@ that per layer. With network normalisation a layer whose weights are all zero is
 (every persistence is 1, value 1); with layer normalisation it raises ``ValueError``, as does a
 network whose weights are all zero.
 
+Layers of a model (:func:`geomonitor._modules.weight_layers`): ``nn.Linear``, Hugging Face
+``transformers.pytorch_utils.Conv1D`` (GPT-2; its weight, stored (in, out), is read as the
+(out, in) matrix) and convolutions. Transposing a layer's matrix does not change its value (the
+bipartite graph is the same), so the orientation only fixes the reported shapes.
+
 Convolutions: a kernel of shape (out, in, k1, ..., kd) is treated as the (out, in) matrix of
 its largest absolute weight over the spatial positions, i.e. channel i connects to channel o
 as strongly as its strongest tap. This is a choice of this package (the paper's Algorithm 3
@@ -45,6 +50,8 @@ from typing import Any, Mapping, NamedTuple
 import numpy as np
 import torch
 from torch import nn
+
+from geomonitor._modules import weight_layers
 
 __all__ = ["NeuralPersistence", "layer_matrix", "neural_persistence", "neural_persistence_network"]
 
@@ -152,14 +159,7 @@ def neural_persistence(
 
 def _named_weights(obj: Any) -> tuple[dict[str, Any], list[str]]:
     if isinstance(obj, nn.Module):
-        weights, skipped = {}, []
-        for name, m in obj.named_modules():
-            if isinstance(m, nn.Linear) or isinstance(m, nn.modules.conv._ConvNd):
-                if getattr(m, "groups", 1) != 1:
-                    skipped.append(name)
-                else:
-                    weights[name] = m.weight
-        return weights, skipped
+        return weight_layers(obj)
     if isinstance(obj, Mapping):
         return dict(obj), []
     raise ValueError(f"model_or_named_weights must be an nn.Module or a mapping name -> weight, "
@@ -172,9 +172,13 @@ def neural_persistence_network(
     """Mean normalised neural persistence over a network's layers (Definition 4, Algorithm 1).
 
     Args:
-        model_or_named_weights: an ``nn.Module`` (its ``nn.Linear`` and ``nn.ConvNd`` layers
-            with groups == 1, by module name) or a mapping ``name -> weight`` (2-D matrices
-            or conv kernels).
+        model_or_named_weights: an ``nn.Module`` or a mapping ``name -> weight`` ((out, in)
+            matrices or conv kernels (out, in, *k)). A module is measured on its weight
+            layers (:func:`geomonitor._modules.weight_layers`, registration order, each
+            module once): ``nn.Linear``, Hugging Face ``Conv1D`` (weight stored (in, out),
+            read transposed), convolutions and transposed convolutions with groups == 1;
+            grouped convolutions are listed in ``skipped``. Parameters used outside such a
+            module (``nn.MultiheadAttention.in_proj_weight``, embeddings) are not layers here.
         p: order of the diagram norm (paper: 2).
         normalization: ``"network"`` (divide by the largest |w| over all layers, as the paper)
             or ``"layer"`` (each layer by its own largest |w|).

@@ -54,7 +54,7 @@ def test_resolve_errors_list_available_names():
     with pytest.raises(ValueError, match=r"pattern 'encoder\.\*' matches no module of Sequential; "
                                          r"available: \[fc1, bn, act, drop, fc2, head, head\.0, head\.1\]"):
         LayerSelector(["fc1", "encoder.*"]).resolve(net)
-    with pytest.raises(ValueError, match=r"'auto' \(leaf Linear/Conv modules\) matches no module .* "
+    with pytest.raises(ValueError, match=r"'auto' \(repeated blocks, head, or leaf Linear/Conv modules\) matches no module .* "
                                          r"available: \[0, 1\]"):
         LayerSelector().resolve(nn.Sequential(nn.ReLU(), nn.Tanh()))
     many = nn.Sequential(*[nn.ReLU() for _ in range(70)])
@@ -67,7 +67,7 @@ def test_resolve_errors_list_available_names():
     (dict(patterns=[]), r"patterns must be .* got \[\]"),
     (dict(patterns=["fc1", 3]), r"patterns must be .* got \['fc1', 3\]"),
     (dict(patterns=None), r"patterns must be .* got None"),
-    (dict(reduce="median"), r"reduce must be one of \('flatten', 'mean', 'last'\), got 'median'"),
+    (dict(reduce="median"), r"reduce must be one of \('auto', 'flatten', 'mean', 'last'\), got 'median'"),
     (dict(max_auto=0), r"max_auto must be a positive int or None, got 0"),
 ])
 def test_selector_arguments(kwargs, match):
@@ -128,7 +128,7 @@ def test_reduce_dtypes_and_detach():
 
 
 @pytest.mark.parametrize("output, reduce, match", [
-    (torch.ones(2, 3), "max", r"reduce must be one of \('flatten', 'mean', 'last'\), got 'max'"),
+    (torch.ones(2, 3), "max", r"reduce must be one of \('auto', 'flatten', 'mean', 'last'\), got 'max'"),
     ((None, "a"), "mean", r"output must contain a tensor .* got tuple"),
     ({"x": 1}, "mean", r"output must contain a tensor .* got dict"),
     (torch.tensor(1.0), "mean", r"output must have a batch dimension, got a 0-d tensor"),
@@ -223,8 +223,10 @@ def test_capture_sequence_conv_and_reductions():
     assert torch.allclose(mean["proj"], h.mean(1)) and torch.allclose(mean["conv"], c.mean(2))
     last = capture_activations(net, {"proj": net.proj, "conv": net.conv}, lambda: net(ids), reduce="last")
     assert torch.equal(last["proj"], h[:, -1]) and torch.equal(last["conv"], c[:, :, -1])
-    flat = capture_activations(net, {"proj": net.proj}, lambda: net(ids))
+    flat = capture_activations(net, {"proj": net.proj}, lambda: net(ids), reduce="flatten")
     assert flat["proj"].shape == (3, 30)
+    auto = capture_activations(net, {"proj": net.proj, "conv": net.conv}, lambda: net(ids))
+    assert torch.allclose(auto["proj"], h.mean(1)) and torch.allclose(auto["conv"], c.mean(2))
 
 
 def test_capture_keeps_the_last_call_of_a_shared_module():
@@ -252,8 +254,9 @@ def test_capture_on_cuda_keeps_cuda_rng():
 def test_capture_errors():
     net = _mlp()
     x = torch.randn(4, 4)
-    with pytest.raises(ValueError, match=r"modules \['head.0'\] did not run during the forward"):
-        capture_activations(net, {"fc1": net.fc1, "head.0": net.head[0]}, lambda: net.fc1(x))
+    with pytest.raises(ValueError, match=r"none of the selected modules head.0, fc2 ran during the "
+                                         r"forward; select modules the forward calls"):
+        capture_activations(net, {"head.0": net.head[0], "fc2": net.fc2}, lambda: net.fc1(x))
     assert all(not m._forward_hooks for m in net.modules())
     with pytest.raises(ValueError, match=r"modules must be a non-empty dict of name -> nn.Module, got \{\}"):
         capture_activations(net, {}, lambda: net(x))
