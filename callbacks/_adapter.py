@@ -73,7 +73,7 @@ class MonitorCallback(*CALLBACK_BASES):
     :func:`~geomonitor.monitor.families.build_families`).
     """
 
-    def __init__(self, options: dict[str, Any], *, layers: Any = "auto", reduce: str = "flatten",
+    def __init__(self, options: dict[str, Any], *, layers: Any = "auto", reduce: str = "auto",
                  probe_size: int = 256, probe_seed: int = 0, probe_data: Any = None,
                  forward_fn: Any = None, loss_fn: Any = None, prog_bar: list[str] | None = None,
                  strict: bool = False, max_pending: int = 4,

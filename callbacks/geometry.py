@@ -46,7 +46,8 @@ class GeometryMonitor(MonitorCallback):
         layers: ``"auto"``, a module-name glob (``"encoder.*"``) or a list of globs; a
             pattern matching nothing is a ``ValueError`` at setup listing the names.
         reduce: how a layer output of shape [B, T, D] / [B, C, H, W] becomes (B, features):
-            ``"flatten"``, ``"mean"`` (over tokens/positions) or ``"last"`` (last token).
+            ``"auto"`` (mean over tokens/positions, features where the module keeps them),
+            ``"flatten"``, ``"mean"`` or ``"last"`` (last token).
         probe_size: number of probe samples N (drawn once; all families measure on them).
         probe_seed: seed of the probe draw and of the estimators' own generators.
         probe_data: ``None`` (draw from ``trainer.train_dataloader``'s dataset by index), a
@@ -95,7 +96,7 @@ class GeometryMonitor(MonitorCallback):
     def __init__(
         self,
         layers: str | list[str] = "auto",
-        reduce: str = "flatten",
+        reduce: str = "auto",
         probe_size: int = 256,
         probe_seed: int = 0,
         probe_data: Any = None,

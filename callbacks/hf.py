@@ -207,7 +207,7 @@ class GeometryTrainerCallback(TrainerCallback):
     def __init__(
         self,
         layers: str | list[str] = "auto",
-        reduce: str = "flatten",
+        reduce: str = "auto",
         probe_size: int = 256,
         probe_seed: int = 0,
         probe_data: Any = None,

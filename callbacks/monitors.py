@@ -37,7 +37,7 @@ class IntrinsicDimensionMonitor(MonitorCallback):
 
     Args:
         layers: ``"auto"``, a module-name glob or a list of globs.
-        reduce: how a layer output becomes (N, features): ``"flatten"``, ``"mean"``, ``"last"``.
+        reduce: how a layer output becomes (N, features): ``"auto"``, ``"flatten"``, ``"mean"``, ``"last"``.
         forward_fn: ``forward_fn(pl_module, batch)`` for the activation forward.
         max_pending: background jobs in flight before new ones are dropped.
         method: ``"twonn"``, ``"mle"`` or ``"pca"``.
@@ -55,7 +55,7 @@ class IntrinsicDimensionMonitor(MonitorCallback):
         >>> IntrinsicDimensionMonitor(layers="encoder.*", every_n_steps=20)  # doctest: +SKIP
     """
 
-    def __init__(self, layers: str | list[str] = "auto", reduce: str = "flatten",
+    def __init__(self, layers: str | list[str] = "auto", reduce: str = "auto",
                  method: str = "twonn", every_n_steps: int | None = 100,
                  every_n_epochs: int | None = None, probe_size: int = 256, probe_seed: int = 0,
                  probe_data: Any = None, log_profile: bool = True,
@@ -129,7 +129,7 @@ class TopologyMonitor(MonitorCallback):
 
     Args:
         layers: ``"auto"``, a module-name glob or a list of globs.
-        reduce: how a layer output becomes (N, features): ``"flatten"``, ``"mean"``, ``"last"``.
+        reduce: how a layer output becomes (N, features): ``"auto"``, ``"flatten"``, ``"mean"``, ``"last"``.
         forward_fn: ``forward_fn(pl_module, batch)`` for the activation forward.
         max_pending: background jobs in flight before new ones are dropped.
         every_n_steps: measure every n optimizer steps (None: not by steps).
@@ -148,7 +148,7 @@ class TopologyMonitor(MonitorCallback):
         >>> TopologyMonitor(layers=["fc2"], every_n_epochs=1, n_landmarks=100)  # doctest: +SKIP
     """
 
-    def __init__(self, layers: str | list[str] = "auto", reduce: str = "flatten",
+    def __init__(self, layers: str | list[str] = "auto", reduce: str = "auto",
                  every_n_steps: int | None = None, every_n_epochs: int | None = 1,
                  maxdim: int = 1, n_landmarks: int | None = 128, probe_size: int = 256,
                  probe_seed: int = 0, probe_data: Any = None, log_diagrams: bool = True,

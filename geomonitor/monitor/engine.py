@@ -58,6 +58,11 @@ class MonitorWarning(RuntimeWarning):
     """A measurement failed, a family was disabled, or the state from a checkpoint differs."""
 
 
+def _rank() -> int:
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 class Monitor:
     """Measure the geometry of ``model`` on a schedule; see the module docstring.
 
@@ -94,7 +99,7 @@ class Monitor:
 
     def __init__(self, model: nn.Module, probe: Any = None, sink: Any = None, *,
                  families: Sequence[Family] | None = None, layers: str | Sequence[str] = "auto",
-                 reduce: str = "flatten", probe_size: int | None = 256, probe_seed: int = 0,
+                 reduce: str = "auto", probe_size: int | None = 256, probe_seed: int = 0,
                  forward_fn: Callable[[nn.Module, Any], Any] | None = None,
                  loss_fn: Callable[[nn.Module, Any], torch.Tensor] | None = None,
                  max_overhead: float | None = 0.05, strict: bool = False, max_pending: int = 4,
@@ -259,6 +264,8 @@ class Monitor:
         if any(f.enabled and f.needs_activations for f in self.families):
             try:
                 self._modules = self._selector.resolve(self.model)
+                if _rank() == 0:
+                    print(f"geomonitor: {self._selector.describe(self._modules)}")
             except ValueError as exc:
                 if self.strict or self._config["layers"] != "auto":
                     raise
@@ -320,7 +327,7 @@ class Monitor:
 
         def capture() -> dict[str, torch.Tensor]:
             return capture_activations(model, self._modules, lambda: forward(model, batch),
-                                       reduce=self._config["reduce"])
+                                       reduce=self._config["reduce"], warned=self._selector.warned)
 
         ctx = Context(model, step, batch, capture, optimizer=self.optimizer,
                       loss_fn=self.loss_fn, forward=forward)

@@ -13,7 +13,7 @@ from geomonitor.callbacks import (GeometryMonitor, IntrinsicDimensionMonitor,
 @pytest.mark.parametrize("kwargs, match", [
     (dict(layers=""), r"layers must be 'auto', a module-name glob or a non-empty list of globs, got ''"),
     (dict(layers=[]), r"layers must be .* got \[\]"),
-    (dict(reduce="max"), r"reduce must be one of \('flatten', 'mean', 'last'\), got 'max'"),
+    (dict(reduce="max"), r"reduce must be one of \('auto', 'flatten', 'mean', 'last'\), got 'max'"),
     (dict(probe_size=0), r"probe_size must be a positive int, got 0"),
     (dict(probe_size=2.5), r"probe_size must be a positive int, got 2.5"),
     (dict(probe_seed=-1), r"probe_seed must be a non-negative int, got -1"),

@@ -822,10 +822,10 @@ def test_auto_layers_on_a_model_without_linear_or_conv_disables_the_activation_f
     assert len(msgs) == 2
     for name, msg in zip(("id", "topology"), msgs):
         assert msg.startswith(f"Monitor: {name} is disabled: no layer to capture: layers: 'auto' "
-                              "(leaf Linear/Conv modules) matches no module of _Recurrent")
+                              "(repeated blocks, head, or leaf Linear/Conv modules) matches no module of _Recurrent")
     assert [f.enabled for f in fams] == [False, False, True]
     assert fams[2].steps == [1, 2, 3] and mon.modules == {}
-    with pytest.raises(ValueError, match=r"layers: 'auto' \(leaf Linear/Conv modules\) matches no "
+    with pytest.raises(ValueError, match=r"layers: 'auto' \(repeated blocks, head, or leaf Linear/Conv modules\) matches no "
                        r"module of _Recurrent; available: \[emb, rnn\]"):
         Monitor(_Recurrent(), probe=tokens, strict=True,
                 families=[IntrinsicDimensionFamily(Every(n_steps=1)), Sync("weights", 1)], max_overhead=None)
