@@ -1,0 +1,1 @@
+"""Measurement families (one module each), subclasses of :class:`geomonitor.monitor.family.Family`."""
