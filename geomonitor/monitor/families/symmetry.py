@@ -168,9 +168,9 @@ class SymmetryFamily(Family):
 
     def _capture(self, model: nn.Module, modules: Mapping[str, nn.Module], st: Structure,
                  forward: Callable[[], Any], want_features: bool,
-                 ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
+                 ) -> tuple[dict[str, torch.Tensor | Exception], torch.Tensor | None]:
         """One forward: the dead-unit mask at each pair's ``b`` input, the classifier input."""
-        dead: dict[str, torch.Tensor] = {}
+        dead: dict[str, torch.Tensor | Exception] = {}
         feats: dict[str, torch.Tensor] = {}
         handles = []
 
@@ -179,13 +179,15 @@ class SymmetryFamily(Family):
 
             def hook(_m: nn.Module, args: tuple[Any, ...]) -> None:
                 x = args[0]
-                if isinstance(b, nn.modules.conv._ConvNd):
-                    dead[p.b] = dead_unit_mask(x, unit_dim=1)
-                elif p.spread > 1:
-                    dead[p.b] = dead_unit_mask(x.reshape(x.shape[0], -1, p.spread), unit_dim=1)
-                else:
-                    dead[p.b] = dead_unit_mask(x.reshape(-1, x.shape[-1]) if x.dim() > 2 else x,
-                                               unit_dim=1)
+                try:
+                    if isinstance(b, nn.modules.conv._ConvNd):
+                        dead[p.b] = dead_unit_mask(x, unit_dim=1)
+                    elif p.spread > 1:
+                        dead[p.b] = dead_unit_mask(x.reshape(x.shape[0], -1, p.spread), unit_dim=1)
+                    else:
+                        dead[p.b] = dead_unit_mask(x.reshape(-1, x.shape[-1]), unit_dim=1)
+                except ValueError as err:  # reported with the pair, not raised in the forward
+                    dead[p.b] = err
             return hook
 
         def at_classifier(_m: nn.Module, args: tuple[Any, ...]) -> None:
@@ -210,17 +212,19 @@ class SymmetryFamily(Family):
         return dead, feats.get("x")
 
     def _pair(self, out: Measurement, modules: Mapping[str, nn.Module], p: Any,
-              dead: torch.Tensor | None) -> None:
+              dead: torch.Tensor | Exception | None) -> None:
         a, b = modules[p.a], modules[p.b]
         w_in, b_in = output_weight(a)
         w_out = input_weight(b, w_in.shape[0])
         d = rescaling_imbalance(w_in, w_out, b_in)
         out.metrics[metric_key("symmetry", p.a, "imbalance")] = float(d.to(torch.float64).norm())
         out.metrics[metric_key("symmetry", p.a, "imbalance_rel")] = relative_imbalance(w_in, w_out, b_in)
-        if dead is not None:
-            out.metrics[metric_key("symmetry", p.a, "dead_fraction")] = float(dead.float().mean())
         out.metrics[metric_key("symmetry", p.a, "duplicates")] = float(duplicate_count(
             w_in, w_out, b_in, threshold=self.duplicate_threshold))
+        if isinstance(dead, Exception):
+            raise ValueError(f"dead units at the input of {p.b!r}: {dead}")
+        if dead is not None:
+            out.metrics[metric_key("symmetry", p.a, "dead_fraction")] = float(dead.float().mean())
 
     def _ranks(self, out: Measurement, name: str, module: nn.Module) -> None:
         w, _ = output_weight(module)
