@@ -121,8 +121,9 @@ def decay_rate(run: dict[str, Any], layer: str, floor: float = 0.05) -> float:
 
 
 def summarize(runs: list[dict[str, Any]], lr: float) -> str:
-    lines = ["weight decay | log-decay/step of fc1's ||D|| while > 5% of start (predicted) | ||D|| fc1 start -> end | dead fc1/fc2 "
-             "| duplicates fc1/fc2 | erank fc1/fc2/fc3 | RankMe act1/act2 | NC1 | val acc"]
+    lines = ["weight decay | log-decay/step of fc1's ||D|| while > 5% of start (predicted) "
+             "| ||D|| fc1 start -> end | dead fc1/fc2 | duplicates fc1/fc2 | erank fc1/fc2/fc3 "
+             "| RankMe act1/act2 | NC1 | val acc"]
     for r in runs:
         wd = r["wd"]
         last = r["history"][max(r["history"])]

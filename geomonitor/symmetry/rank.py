@@ -28,7 +28,9 @@ and because a ReLU layer's mean is part of what the next layer sees.
 
 Zero matrices: all singular values zero; the three functions return 0.0 (the rank of the zero
 matrix) rather than the 0/0 of the formulas. Cost: one SVD, O(m n min(m, n)), on the tensor's
-device (``torch.linalg.svdvals``; retried in float64 on the CPU when it does not converge).
+device (``torch.linalg.svdvals``; retried in float64 on the CPU when it does not converge; a
+matrix 4x longer than wide goes through the float64 Gram matrix of its short side, see
+:func:`geomonitor.symmetry._linalg.singular_values`).
 float16/bfloat16 input is computed in float32.
 
 Example:

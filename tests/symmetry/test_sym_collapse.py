@@ -44,8 +44,9 @@ def test_nc1_ignores_labels_absent_and_scales_with_within_class_variance():
     noise = rng.standard_normal((90, 6))
     for c in (0, 2, 7):  # zero mean within each class: the class means stay the centres
         noise[y == c] -= noise[y == c].mean(axis=0)
-    lo = neural_collapse(torch.as_tensor(centres[[0, 1, 2]][np.searchsorted([0, 2, 7], y)] + 0.1 * noise), torch.as_tensor(y))
-    hi = neural_collapse(torch.as_tensor(centres[[0, 1, 2]][np.searchsorted([0, 2, 7], y)] + 0.2 * noise), torch.as_tensor(y))
+    base = centres[np.searchsorted([0, 2, 7], y)]
+    lo = neural_collapse(torch.as_tensor(base + 0.1 * noise), torch.as_tensor(y))
+    hi = neural_collapse(torch.as_tensor(base + 0.2 * noise), torch.as_tensor(y))
     assert lo.n_classes == 3
     assert hi.nc1 == pytest.approx(4 * lo.nc1, rel=1e-9)  # Sigma_W scales by 4, Sigma_B fixed
 
@@ -71,8 +72,7 @@ def test_simplex_etf_is_fully_collapsed():
 
 
 def test_nc2_nc3_closed_forms_off_the_etf():
-    # two classes with centred means (3, 0) and (-1, 0)? no: centred means are +-m for K=2
-    # equal-size classes; norms differ only with unequal sizes: sizes 1 and 3 -> means 3 and -1
+    # two classes of sizes 1 and 3: the centred means are antipodal but of different norms
     H = torch.tensor([[4.0, 0.0], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
     y = torch.tensor([0, 1, 1, 1])
     nc = neural_collapse(H, y)

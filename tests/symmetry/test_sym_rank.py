@@ -137,3 +137,17 @@ def test_errors(fn, args, match):
         return
     with pytest.raises(ValueError, match=match):
         fn(*args)
+
+
+@pytest.mark.parametrize("shape", [(8, 200), (300, 12)])
+def test_long_matrices_go_through_the_gram_matrix_exactly_enough(shape):
+    """Aspect >= GRAM_ASPECT: sqrt(eigvalsh(M M^T)) in float64 against numpy's SVD (within the
+    documented absolute error ~1e-8 s_1) on a spectrum spanning 1 .. 1e-6."""
+    k = min(shape)
+    assert max(shape) >= _linalg.GRAM_ASPECT * k
+    s = np.logspace(0, -6, k)
+    M = _with_singular_values(list(s), m=shape[0], n=shape[1], seed=1)
+    got = _linalg.singular_values(M).numpy()
+    assert got.shape == (k,) and np.all(np.diff(got) <= 0)
+    np.testing.assert_allclose(got, np.linalg.svd(M.numpy(), compute_uv=False), rtol=0, atol=1e-8)
+    assert rankme(M) == pytest.approx(_rankme_numpy(M.numpy()), rel=1e-8)
