@@ -20,8 +20,10 @@
   incoming or outgoing vector have no direction and are never duplicates (they are dead or
   disconnected; see above).
 
-Cost: dead units O(N * units * positions); duplicates two Gram matrices of the unit vectors,
-O(hidden^2 (fan_in + fan_out)) time and O(hidden^2) memory, on the tensors' device.
+Cost: dead units O(N * units * positions); duplicates the Gram matrix of the shorter unit
+vectors (incoming or outgoing), O(hidden^2 min(fan_in + 1, fan_out)) time and O(hidden^2)
+memory, then the other side's cosines for the candidate pairs only (the full second Gram
+matrix when there are more than 8 x hidden candidates), on the tensors' device.
 
 Example:
     >>> w1 = torch.randn(6, 4); w1[1] = 2 * w1[0]
@@ -117,15 +119,25 @@ def duplicate_unit_mask(w_in: Any, w_out: Any, b_in: Any | None = None, *,
                              f"{tuple(b.shape)}")
         rows_in = torch.cat([rows_in, b.to(device=rows_in.device, dtype=dtype)[:, None]], dim=1)
     rows_out = c.to(device=rows_in.device, dtype=dtype).transpose(0, 1).reshape(hidden, -1)
-    u_in, ok_in = _unit_directions(rows_in)
-    u_out, ok_out = _unit_directions(rows_out)
-    cos_in, cos_out = u_in @ u_in.T, u_out @ u_out.T
-    if absolute:
-        cos_in, cos_out = cos_in.abs(), cos_out.abs()
-    pair = (cos_in > threshold) & (cos_out > threshold)
-    ok = ok_in & ok_out
-    pair &= ok[:, None] & ok[None, :]
+    # the cheaper Gram matrix (shorter unit vectors) first; the other side's cosines only for
+    # the candidate pairs it leaves (all of them if there are many)
+    cheap, dear = (rows_in, rows_out) if rows_in.shape[1] <= rows_out.shape[1] else (rows_out, rows_in)
+    u_c, ok_c = _unit_directions(cheap)
+    u_d, ok_d = _unit_directions(dear)
+    ok = ok_c & ok_d
+    cos = u_c @ u_c.T
+    pair = ((cos.abs() if absolute else cos) > threshold) & ok[:, None] & ok[None, :]
     pair.fill_diagonal_(False)
+    i, j = torch.triu(pair).nonzero(as_tuple=True)
+    if i.numel() > 8 * hidden:
+        cos_d = u_d @ u_d.T
+        pair &= (cos_d.abs() if absolute else cos_d) > threshold
+    elif i.numel():
+        c = (u_d[i] * u_d[j]).sum(dim=1)
+        keep = (c.abs() if absolute else c) > threshold
+        pair = torch.zeros_like(pair)
+        pair[i[keep], j[keep]] = True
+        pair[j[keep], i[keep]] = True
     return pair.any(dim=1)
 
 

@@ -73,6 +73,21 @@ def test_copied_units_are_duplicates_and_negated_ones_only_in_absolute_mode():
         assert duplicate_unit_mask(w1, w2, b1, absolute=absolute).tolist() == ref
 
 
+@pytest.mark.parametrize("absolute", [False, True])
+def test_many_candidates_fall_back_to_the_full_second_gram(absolute):
+    """Every incoming vector nearly parallel (hidden^2 candidate pairs > 8 x hidden): the answer
+    still equals brute force, decided by the outgoing vectors."""
+    g = torch.Generator().manual_seed(0)
+    hidden = 12
+    w1 = torch.ones(hidden, 3, dtype=torch.float64) + 1e-4 * torch.randn(hidden, 3, generator=g, dtype=torch.float64)
+    w1[5] = -w1[5]
+    w2 = torch.randn(40, hidden, generator=g, dtype=torch.float64)
+    w2[:, 4], w2[:, 9], w2[:, 5] = w2[:, 2], 2 * w2[:, 2], -w2[:, 7]
+    got = duplicate_unit_mask(w1, w2, absolute=absolute)
+    assert got.tolist() == _brute_duplicates(w1.numpy(), w2.numpy(), None, 0.99, absolute)
+    assert got.nonzero().flatten().tolist() == ([2, 4, 9] if not absolute else [2, 4, 5, 7, 9])
+
+
 def test_threshold_and_the_bias_matter():
     w1 = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0]])  # cos(unit0, unit1) = 0.995
     w2 = torch.ones(2, 3)
