@@ -62,13 +62,13 @@ from torch import nn
 from geomonitor.monitor.family import Context, Family, Measurement
 from geomonitor.monitor.keys import metric_key
 from geomonitor.monitor.schedule import Every
-from geomonitor.symmetry._linalg import as_real, top_singular_value
+from geomonitor.symmetry._linalg import as_real, singular_values, top_singular_value
 from geomonitor.symmetry.balance import relative_imbalance, rescaling_imbalance
 from geomonitor.symmetry.collapse import neural_collapse
 from geomonitor.symmetry.pairs import (
     Structure, find_pairs, inference, input_weight, is_linear_like, output_weight,
 )
-from geomonitor.symmetry.rank import effective_rank, rankme, stable_rank
+from geomonitor.symmetry.rank import effective_rank_from_singular_values, rankme
 from geomonitor.symmetry.units import dead_unit_mask, duplicate_count
 
 __all__ = ["SymmetryFamily"]
@@ -231,8 +231,12 @@ class SymmetryFamily(Family):
         M = as_real(w, f"{name}.weight", min_dim=2)
         M = M.reshape(M.shape[0], -1)
         if self.max_svd_size is None or min(M.shape) <= self.max_svd_size:
-            out.metrics[metric_key("symmetry", name, "effective_rank")] = effective_rank(M)
-            out.metrics[metric_key("symmetry", name, "stable_rank")] = stable_rank(M)
+            s = singular_values(M, f"{name}.weight").to(torch.float64)  # one SVD for both ranks
+            top = float(s[0])
+            out.metrics[metric_key("symmetry", name, "effective_rank")] = \
+                effective_rank_from_singular_values(s)
+            out.metrics[metric_key("symmetry", name, "stable_rank")] = \
+                0.0 if top == 0.0 else float((s * s).sum()) / top ** 2
             return
         top = top_singular_value(M, self.generator)
         fro2 = float(M.to(torch.float64).pow(2).sum())
