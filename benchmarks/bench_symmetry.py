@@ -10,7 +10,7 @@ one-time :func:`~geomonitor.symmetry.find_pairs`):
 
 * ``step``: one SGD training step (forward, backward, update) on a batch;
 * ``family``: :meth:`SymmetryFamily.run` with the defaults (imbalance, dead and duplicate
-  units, weight ranks with ``max_svd_size=2048``, RankMe of the hidden ReLU outputs, neural
+  units, weight ranks with ``max_svd_size=1024``, RankMe of the hidden ReLU outputs, neural
   collapse at the classifier);
 * ``family, no weight ranks``: the same with ``weight_ranks=False``;
 
