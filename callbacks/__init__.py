@@ -14,6 +14,7 @@ _EXPORTS = {
     "SharpnessMonitor": "geomonitor.callbacks.monitors",
     "TopologyMonitor": "geomonitor.callbacks.monitors",
     "NeuralPersistenceMonitor": "geomonitor.callbacks.monitors",
+    "SymmetryMonitor": "geomonitor.callbacks.monitors",
     "GeometryAlerts": "geomonitor.callbacks.alerts",
     "NeuralPersistenceEarlyStopping": "geomonitor.callbacks.early_stopping",
     "TrainerSink": "geomonitor.callbacks.sinks",

@@ -34,7 +34,8 @@ from geomonitor.callbacks._lightning import CALLBACK_BASES
 from geomonitor.callbacks.sinks import trainer_sink
 from geomonitor.monitor.keys import PREFIX, metric_key
 from geomonitor.monitor.alerts import (Alert, EdgeOfStability, GradNormExplosion, LossSpike,
-                                       NonFinite, RepresentationCollapse, Rule)
+                                       NonFinite, RankCollapse, RepresentationCollapse,
+                                       Rule)
 
 __all__ = ["GeometryAlerts", "ACTIONS", "EOS_KEY", "ID_PREFIX"]
 
@@ -47,7 +48,8 @@ ID_PREFIX = f"{PREFIX}/id/"
 
 def default_rules() -> list[Rule]:
     """One rule of each kind with its documented defaults."""
-    return [EdgeOfStability(), LossSpike(), GradNormExplosion(), NonFinite(), RepresentationCollapse()]
+    return [EdgeOfStability(), LossSpike(), GradNormExplosion(), NonFinite(), RepresentationCollapse(),
+            RankCollapse()]
 
 
 def _loss_from_outputs(outputs: Any) -> float | None:
@@ -65,7 +67,8 @@ class GeometryAlerts(*CALLBACK_BASES):
 
     Args:
         rules: the rules to run; default one :class:`EdgeOfStability`, :class:`LossSpike`,
-            :class:`GradNormExplosion`, :class:`NonFinite` and :class:`RepresentationCollapse`
+            :class:`GradNormExplosion`, :class:`NonFinite`, :class:`RepresentationCollapse` (on
+            ``geometry/id/*``) and :class:`RankCollapse` (on ``geometry/symmetry/*/rankme``)
             with their defaults. Names must be unique. Rules of other classes receive nothing.
         actions: rule name -> ``"warn"`` | ``"stop"`` | ``"checkpoint_and_stop"``; unnamed rules warn.
         on_alert: called with every :class:`Alert` (on every rank that sees it).
@@ -191,7 +194,12 @@ class GeometryAlerts(*CALLBACK_BASES):
             if key.startswith(ID_PREFIX) and (v := self._changed(key, metrics[key])) is not None:
                 ids[key[len(ID_PREFIX):]] = v
         if ids:
-            found += [a for r in self._of(RepresentationCollapse) if (a := r.update(step, ids))]
+            found += [a for r in self._of(RepresentationCollapse)
+                      if not isinstance(r, RankCollapse) and (a := r.update(step, ids))]
+        ranks = {layer: v for layer, raw in RankCollapse.select(metrics).items()
+                 if (v := self._changed(f"rankme/{layer}", raw)) is not None}
+        if ranks:
+            found += [a for r in self._of(RankCollapse) if (a := r.update(step, ranks))]
         return found
 
     # -- delivery and actions -----------------------------------------------------------------

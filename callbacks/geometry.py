@@ -66,6 +66,13 @@ class GeometryMonitor(MonitorCallback):
             ``None`` for all ``probe_size``.
         np_every_n_steps: measure the neural persistence every n optimizer steps (None: off).
         np_every_n_epochs: measure the neural persistence every n epochs (None: off).
+        symmetry_every_n_steps: measure the parameter-symmetry indicators (balance, dead and
+            duplicate units, ranks, neural collapse) every n optimizer steps (None: off).
+        symmetry_every_n_epochs: measure the parameter-symmetry indicators every n epochs.
+        connectivity_every_n_steps: measure the loss barrier between the weights at the
+            previous measurement and now every n optimizer steps (None: off; keeps one CPU
+            copy of the weights).
+        connectivity_every_n_epochs: measure that loss barrier every n epochs (None: off).
         log_diagrams: under W&B, log each persistence diagram (table + scatter plot).
         prog_bar: metric names (without ``geometry/``) shown in the progress bar.
         loss_fn: ``loss_fn(pl_module, batch) -> scalar tensor`` for sharpness; by default
@@ -113,6 +120,10 @@ class GeometryMonitor(MonitorCallback):
         topology_landmarks: int | None = 128,
         np_every_n_steps: int | None = None,
         np_every_n_epochs: int | None = 1,
+        symmetry_every_n_steps: int | None = 500,
+        symmetry_every_n_epochs: int | None = None,
+        connectivity_every_n_steps: int | None = None,
+        connectivity_every_n_epochs: int | None = None,
         log_diagrams: bool = True,
         prog_bar: str | list[str] | None = "eos_ratio",
         loss_fn: Callable[[Any, Any], Any] | None = None,
@@ -135,7 +146,11 @@ class GeometryMonitor(MonitorCallback):
             sharpness_every_n_epochs=sharpness_every_n_epochs,
             topology_every_n_steps=topology_every_n_steps,
             topology_every_n_epochs=topology_every_n_epochs,
-            np_every_n_steps=np_every_n_steps, np_every_n_epochs=np_every_n_epochs)
+            np_every_n_steps=np_every_n_steps, np_every_n_epochs=np_every_n_epochs,
+            symmetry_every_n_steps=symmetry_every_n_steps,
+            symmetry_every_n_epochs=symmetry_every_n_epochs,
+            connectivity_every_n_steps=connectivity_every_n_steps,
+            connectivity_every_n_epochs=connectivity_every_n_epochs)
         super().__init__(options, layers=layers, reduce=reduce, probe_size=probe_size,
                          probe_seed=probe_seed, probe_data=probe_data, forward_fn=forward_fn,
                          loss_fn=loss_fn, prog_bar=check.prog_bar(prog_bar), strict=strict,

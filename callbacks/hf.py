@@ -224,6 +224,10 @@ class GeometryTrainerCallback(TrainerCallback):
         topology_landmarks: int | None = 128,
         np_every_n_steps: int | None = None,
         np_every_n_epochs: int | None = 1,
+        symmetry_every_n_steps: int | None = 500,
+        symmetry_every_n_epochs: int | None = None,
+        connectivity_every_n_steps: int | None = None,
+        connectivity_every_n_epochs: int | None = None,
         log_diagrams: bool = True,
         loss_fn: Callable[[Any, Any], Any] | None = None,
         forward_fn: Callable[[Any, Any], Any] | None = None,
@@ -245,7 +249,11 @@ class GeometryTrainerCallback(TrainerCallback):
             sharpness_every_n_epochs=sharpness_every_n_epochs,
             topology_every_n_steps=topology_every_n_steps,
             topology_every_n_epochs=topology_every_n_epochs,
-            np_every_n_steps=np_every_n_steps, np_every_n_epochs=np_every_n_epochs)
+            np_every_n_steps=np_every_n_steps, np_every_n_epochs=np_every_n_epochs,
+            symmetry_every_n_steps=symmetry_every_n_steps,
+            symmetry_every_n_epochs=symmetry_every_n_epochs,
+            connectivity_every_n_steps=connectivity_every_n_steps,
+            connectivity_every_n_epochs=connectivity_every_n_epochs)
         build_families(seed=probe_seed, **self._options)  # the families' own checks, now
         self._kwargs = dict(layers=layers, reduce=reduce, probe_size=probe_size,
                             probe_seed=probe_seed, strict=strict, max_pending=max_pending,

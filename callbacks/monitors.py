@@ -13,11 +13,11 @@ from geomonitor.callbacks import _checks as check
 from geomonitor.callbacks._adapter import MonitorCallback
 
 __all__ = ["IntrinsicDimensionMonitor", "SharpnessMonitor", "TopologyMonitor",
-           "NeuralPersistenceMonitor"]
+           "NeuralPersistenceMonitor", "SymmetryMonitor"]
 
 
-_OFF = {f"{f}_every_n_{u}": None for f in ("id", "sharpness", "topology", "np")
-        for u in ("steps", "epochs")}
+_OFF = {f"{f}_every_n_{u}": None for f in ("id", "sharpness", "topology", "np", "symmetry",
+                                             "connectivity") for u in ("steps", "epochs")}
 
 
 def _only(prefix: str, every_n_steps: Any, every_n_epochs: Any, **extra: Any) -> dict[str, Any]:
@@ -195,5 +195,49 @@ class NeuralPersistenceMonitor(MonitorCallback):
         check.common(1, 0, None, strict, max_pending)
         check.max_overhead(max_overhead)
         super().__init__(_only("np", every_n_steps, every_n_epochs),
+                         prog_bar=check.prog_bar(prog_bar), strict=strict,
+                         max_pending=max_pending, max_overhead=max_overhead)
+
+
+class SymmetryMonitor(MonitorCallback):
+    """Parameter-symmetry indicators: ``geometry/symmetry/<layer>/<summary>`` (rescaling
+    imbalance, dead and duplicate units, effective/stable rank of the weights, RankMe of the
+    activations) and ``geometry/neural_collapse/<classifier>/nc1..nc4`` on labelled probe sets.
+
+    Du, Hu & Lee 2018 (balance); Ziyin et al. 2025 and Zhao, Walters & Yu 2025 (symmetry);
+    Roy & Vetterli 2007, Garrido et al. 2023 (ranks); Papyan, Han & Donoho 2020 (collapse).
+    See :class:`geomonitor.monitor.families.SymmetryFamily` for definitions and costs.
+
+    Args:
+        layers: ``"auto"``, a module-name glob or a list of globs (for RankMe).
+        reduce: how a layer output becomes (N, features): ``"auto"``, ``"flatten"``, ``"mean"``, ``"last"``.
+        forward_fn: ``forward_fn(pl_module, batch)`` for the activation forward.
+        max_pending: background jobs in flight before new ones are dropped.
+        every_n_steps: measure every n optimizer steps (None: not by steps).
+        every_n_epochs: measure every n epochs (None: not by epochs).
+        probe_size: number of probe samples (drawn once, seeded, by index).
+        probe_seed: seed of the probe draw.
+        probe_data: ``None`` (the train dataloader), a DataLoader, a tensor or a tuple of tensors.
+        prog_bar: metric names (without ``geometry/``) shown in the progress bar.
+        strict: re-raise measurement errors instead of counting them.
+        max_overhead: cost cap, a share of training time in (0, 1] (``None``: no cap).
+
+    Example:
+        >>> SymmetryMonitor(every_n_steps=200)  # doctest: +SKIP
+    """
+
+    def __init__(self, layers: str | list[str] = "auto", reduce: str = "auto",
+                 every_n_steps: int | None = 500, every_n_epochs: int | None = None,
+                 probe_size: int = 256, probe_seed: int = 0, probe_data: Any = None,
+                 prog_bar: str | list[str] | None = None,
+                 forward_fn: Callable[[Any, Any], Any] | None = None, strict: bool = False,
+                 max_pending: int = 4, max_overhead: float | None = 0.05) -> None:
+        layers = check.layers(layers)
+        check.choice("reduce", reduce, check.REDUCTIONS)
+        check.max_overhead(max_overhead)
+        probe_data = check.common(probe_size, probe_seed, probe_data, strict, max_pending)
+        super().__init__(_only("symmetry", every_n_steps, every_n_epochs), layers=layers,
+                         reduce=reduce, probe_size=probe_size, probe_seed=probe_seed,
+                         probe_data=probe_data, forward_fn=forward_fn,
                          prog_bar=check.prog_bar(prog_bar), strict=strict,
                          max_pending=max_pending, max_overhead=max_overhead)

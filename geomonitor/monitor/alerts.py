@@ -31,6 +31,8 @@ Rules and their sources:
   ICLR 2022; the intrinsic dimension of representations: Ansuini et al., NeurIPS 2019, who also
   show it *decreases* moderately in the last layers of healthy training -- hence a relative
   drop, not any drop).
+* :class:`RankCollapse` -- the same test on a layer's RankMe (Garrido et al., "RankMe", ICML
+  2023: the effective rank of the representation, whose fall signals dimensional collapse).
 
 Example:
     >>> rule = LossSpike(factor=3.0, window=20, min_history=3)
@@ -49,7 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Alert", "Rule", "EdgeOfStability", "LossSpike", "GradNormExplosion", "NonFinite",
-           "RepresentationCollapse", "LEVELS"]
+           "RepresentationCollapse", "RankCollapse", "LEVELS"]
 
 #: Alert levels, as ``wandb.AlertLevel`` names them.
 LEVELS = ("INFO", "WARN", "ERROR")
@@ -389,3 +391,44 @@ class RepresentationCollapse(Rule):
 
     def _load_extra(self, state: Mapping[str, Any]) -> None:
         self.running_max = {str(k): float(v) for k, v in state["running_max"].items()}
+
+
+class RankCollapse(RepresentationCollapse):
+    """A layer's RankMe below ``floor`` or below ``(1 - drop)`` x its running maximum.
+
+    Garrido, Balestriero, Najman & LeCun, "RankMe: Assessing the downstream performance of
+    pretrained self-supervised representations by their rank", ICML 2023: a representation
+    whose effective rank falls has lost directions (dimensional collapse; Jing et al. 2022).
+    ``update(step, {"fc1": 31.5, "fc2": 12.0})`` with the values of
+    ``geometry/symmetry/<layer>/rankme`` (:meth:`select` picks them out of a metrics dict).
+    Same limits, running maxima, NaN handling, cooldown and state as
+    :class:`RepresentationCollapse`.
+
+    Args:
+        floor: absolute floor (> 0) or None (default).
+        drop: fraction in (0, 1) of the running maximum RankMe may lose (default 0.5).
+        cooldown: steps between two alerts (default 100).
+    """
+
+    NAME = "rank_collapse"
+    TITLE = "Representation rank collapse"
+
+    @staticmethod
+    def select(metrics: Mapping[str, Any]) -> dict[str, float]:
+        """``{layer: value}`` of the ``geometry/symmetry/<layer>/rankme`` entries of ``metrics``."""
+        head, tail = "geometry/symmetry/", "/rankme"
+        return {k[len(head):-len(tail)]: float(v) for k, v in metrics.items()
+                if k.startswith(head) and k.endswith(tail) and len(k) > len(head) + len(tail)}
+
+    def _check(self, step: int, value: Any) -> tuple[float, float, str, str] | None:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"value must be a mapping layer -> RankMe for {self.name!r}, "
+                             f"got {type(value).__name__}")
+        hit = super()._check(step, value)
+        if hit is None:
+            return None
+        v, limit, msg, _ = hit
+        msg = msg.replace("intrinsic dimension collapsed in", "RankMe (effective rank of the "
+                          "representation) collapsed in", 1)
+        return v, limit, msg, ("check for dead units and too strong weight decay (see "
+                               "geometry/symmetry/*/dead_fraction), or a too high learning rate")

@@ -281,3 +281,21 @@ def test_state_survives_checkpoint_and_resume(tmp_path):
 def test_constructor_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         GeometryAlerts(**kwargs)
+
+
+def test_rank_collapse_reads_the_symmetry_family_rankme_and_id_rules_do_not():
+    """RankCollapse is fed geometry/symmetry/<layer>/rankme, RepresentationCollapse only
+    geometry/id/<layer>; a RankMe falling below half its running maximum (12 -> 5) fires."""
+    import types
+
+    from geomonitor.callbacks.alerts import default_rules
+
+    assert [r.name for r in default_rules()][-2:] == ["collapse", "rank_collapse"]
+    cb = GeometryAlerts()
+    trainer = types.SimpleNamespace(callback_metrics={})
+    fired = []
+    for step, (rank, idv) in enumerate([(12.0, 9.0), (11.0, 9.0), (5.0, 9.0)], start=1):
+        trainer.callback_metrics = {"geometry/symmetry/fc1/rankme": torch.tensor(rank),
+                                    "geometry/id/fc1": torch.tensor(idv)}
+        fired += [a.rule for a in cb._geometry(trainer, step)]
+    assert fired == ["rank_collapse"]

@@ -4,6 +4,7 @@
 * :class:`SharpnessFamily` (:mod:`.sharpness`) -- ``geometry/sharpness``, ``eos_ratio``
 * :class:`TopologyFamily` (:mod:`.topology`) -- ``geometry/ph/<layer>/<summary>``
 * :class:`NeuralPersistenceFamily` (:mod:`.neural_persistence`) -- ``geometry/neural_persistence/...``
+* :class:`SymmetryFamily` (:mod:`.symmetry`) -- ``geometry/symmetry/...``, ``geometry/neural_collapse/...``
 * :class:`ConnectivityFamily` (:mod:`.connectivity`) -- ``geometry/connectivity/...`` (opt-in)
 * :class:`EquivarianceFamily` (:mod:`.equivariance`) -- ``geometry/equivariance/...`` (needs
   the user's group actions)
@@ -22,10 +23,11 @@ from geomonitor.monitor.families.equivariance import EquivarianceFamily
 from geomonitor.monitor.families.intrinsic import IntrinsicDimensionFamily
 from geomonitor.monitor.families.neural_persistence import NeuralPersistenceFamily
 from geomonitor.monitor.families.sharpness import SharpnessFamily
+from geomonitor.monitor.families.symmetry import SymmetryFamily
 from geomonitor.monitor.families.topology import TopologyFamily
 from geomonitor.monitor.schedule import Every
 
-__all__ = ["DEFAULTS", "ConnectivityFamily", "EquivarianceFamily", "IntrinsicDimensionFamily", "NeuralPersistenceFamily", "SharpnessFamily",
+__all__ = ["DEFAULTS", "ConnectivityFamily", "EquivarianceFamily", "IntrinsicDimensionFamily", "NeuralPersistenceFamily", "SharpnessFamily", "SymmetryFamily",
            "TopologyFamily", "build_families"]
 
 #: Every option of :func:`build_families` and its default (schedules: ``None`` = off).
@@ -36,6 +38,7 @@ DEFAULTS: dict[str, Any] = {
     "topology_every_n_steps": None, "topology_every_n_epochs": 1, "topology_landmarks": 128, "topology_maxdim": 1,
     "log_diagrams": True,
     "np_every_n_steps": None, "np_every_n_epochs": 1,
+    "symmetry_every_n_steps": 500, "symmetry_every_n_epochs": None,
     "connectivity_every_n_steps": None, "connectivity_every_n_epochs": None,
     "equivariance_every_n_steps": None, "equivariance_every_n_epochs": None,
     "equivariance_transforms": None,
@@ -59,7 +62,7 @@ def build_families(*, seed: int = 0, **options: Any) -> list[Family]:
 
     Example:
         >>> [f.name for f in build_families(topology_every_n_epochs=None)]
-        ['id', 'sharpness', 'neural_persistence']
+        ['id', 'sharpness', 'neural_persistence', 'symmetry']
     """
     unknown = sorted(set(options) - set(DEFAULTS))
     if unknown:
@@ -81,6 +84,9 @@ def build_families(*, seed: int = 0, **options: Any) -> list[Family]:
     every = _every(o, "np")
     if every is not None:
         families.append(NeuralPersistenceFamily(every))
+    every = _every(o, "symmetry")
+    if every is not None:
+        families.append(SymmetryFamily(every, seed=seed))
     every = _every(o, "connectivity")
     if every is not None:
         families.append(ConnectivityFamily(every, seed=seed))
