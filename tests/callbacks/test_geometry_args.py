@@ -102,7 +102,7 @@ def test_lightning_cli_builds_the_monitor_from_yaml(tmp_path):
     (sharp,) = [c for c in cli.trainer.callbacks if isinstance(c, SharpnessMonitor)]
     assert mon.reduce == "mean" and mon.probe_size == 64
     assert mon.prog_bar == ["eos_ratio", "sharpness"]
-    assert [f.name for f in mon.families] == ["id", "sharpness", "neural_persistence"]
+    assert [f.name for f in mon.families] == ["id", "sharpness", "neural_persistence", "symmetry"]
     (fam,) = [f for f in mon.families if f.name == "sharpness"]
     assert fam.schedule.due_step(7) and not fam.schedule.due_step(8)
     assert sharp.families[0].schedule.due_step(3)
