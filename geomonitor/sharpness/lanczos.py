@@ -56,6 +56,7 @@ from __future__ import annotations
 import math
 from typing import Callable, NamedTuple
 
+import numpy as np
 import torch
 
 __all__ = ["LanczosResult", "lanczos_top"]
@@ -150,15 +151,16 @@ def lanczos_top(
             init = init[None]
         if init.dim() != 2 or init.shape[1] != dim:
             raise ValueError(f"init must have shape ({dim},) or (j, {dim}); got {tuple(init.shape)}")
-        rows = [r.to(device=device, dtype=dtype) for r in init[:k] if torch.isfinite(r).all()]
+        rows = [r.to(device=device, dtype=dtype) for r in init[:k]]
+        rows = [r for r in rows if math.isfinite(float(r.sum()))]
         rows = [r / n for r in rows if (n := float(torch.linalg.vector_norm(r))) > 0]
         if rows:
             start = torch.stack(rows).sum(0)
     eps = torch.finfo(dtype).eps
     cap = min(max_basis, dim)
     Q = torch.empty(cap, dim, device=device, dtype=dtype)
-    T = torch.zeros(cap, cap, dtype=torch.float64)
-    b = torch.zeros(cap, dtype=torch.float64)  # A Q[:m]^T = Q[:m]^T T + Q[m] b^T
+    T = np.zeros((cap, cap))  # float64, small: numpy (no per-op tensor overhead)
+    b = np.zeros(cap)  # A Q[:m]^T = Q[:m]^T T + Q[m] b^T
 
     def rand() -> torch.Tensor:
         return torch.randn(dim, generator=generator, device=generator.device, dtype=dtype).to(device)
@@ -180,7 +182,14 @@ def lanczos_top(
         pass
     min_basis = 1 if warm else min(dim, 2 * k + 10)
     m, n, arrow, anorm = 0, 0, 0, 0.0
-    prev_theta: torch.Tensor | None = None
+    prev_theta: np.ndarray | None = None
+
+    def vectors(S: np.ndarray, m: int) -> torch.Tensor:
+        return torch.from_numpy(S.T.copy()).to(device=device, dtype=dtype) @ Q[:m]
+
+    def values(x: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(x.copy()).to(dtype)
+
     while True:
         # one Lanczos step on q = Q[m]: T column, the new residual direction f, b
         q = Q[m]
@@ -189,42 +198,42 @@ def lanczos_top(
         alpha = float(torch.dot(q, f))
         T[m, m] = alpha
         lo = max(m - 1, 0) if arrow == 0 else 0  # b is nonzero on Q[lo:m]: one entry, or the arrow
-        coef = torch.cat([b[lo:m], torch.tensor([alpha], dtype=torch.float64)])
+        coef = np.append(b[lo:m], alpha)
         T[lo:m, m] = T[m, lo:m] = b[lo:m]
-        f.addmv_(Q[lo:m + 1].T, coef.to(device=device, dtype=dtype), alpha=-1.0)
+        f.addmv_(Q[lo:m + 1].T, torch.from_numpy(coef).to(device=device, dtype=dtype), alpha=-1.0)
         m += 1
-        b.zero_()
+        b[:] = 0.0
         beta = float(torch.linalg.vector_norm(f))
-        theta, S = torch.linalg.eigh(T[:m, :m])
-        theta, S = theta.flip(0), S.flip(1)
-        scale = max(float(theta.abs().max()), torch.finfo(dtype).tiny)
-        anorm = max(anorm, scale, float(torch.linalg.vector_norm(coef)))  # <= ||A||
+        theta, S = np.linalg.eigh(T[:m, :m])
+        theta, S = theta[::-1], S[:, ::-1]
+        scale = max(float(np.abs(theta).max()), torch.finfo(dtype).tiny)
+        anorm = max(anorm, scale, float(np.linalg.norm(coef)))  # <= ||A||
         breakdown = beta <= 10 * eps * anorm or not math.isfinite(beta)
         if breakdown:
             beta = 0.0
         b[m - 1] = beta
-        res_all = (S[m - 1] * beta).abs()
+        res_all = np.abs(S[m - 1] * beta)
         kk = min(k, m)
         res = res_all[:kk]
         thr = tol * scale
         if m > 1:
-            diff = (theta[:kk, None] - theta[None, :]).abs()
-            idx = torch.arange(kk)
-            diff[idx, idx] = float("inf")
-            est = torch.minimum(res, res**2 / diff.min(dim=1).values)
+            diff = np.abs(theta[:kk, None] - theta[None, :])
+            diff[np.arange(kk), np.arange(kk)] = np.inf
+            with np.errstate(divide="ignore", invalid="ignore"):
+                est = np.minimum(res, res**2 / diff.min(axis=1))
         else:
             est = res
         moved = (
-            (theta[:kk] - prev_theta[:kk]).abs() if prev_theta is not None and prev_theta.numel() >= kk
-            else torch.full((kk,), float("inf"), dtype=torch.float64)
+            np.abs(theta[:kk] - prev_theta[:kk]) if prev_theta is not None and prev_theta.size >= kk
+            else np.full(kk, np.inf)
         )
         done = (res <= thr) | ((est <= thr) & (moved <= thr) & (res <= math.sqrt(tol) * scale))
         exact = m >= dim
         stop = kk == k and (bool(done.all() and n >= min_basis) or exact)
         if stop or n >= max_matvec:
-            Y = S[:, :kk].T.to(device=device, dtype=dtype) @ Q[:m]
+            Y = vectors(S[:, :kk], m)
             if stop:
-                return LanczosResult(theta[:k].to(dtype), Y, res.to(dtype), n, True, "")
+                return LanczosResult(values(theta[:k]), Y, values(res), n, True, "")
             worst = float((res / scale).max()) if kk == k else float("nan")
             reason = (
                 f"max_hvp={max_matvec} reached before convergence "
@@ -233,17 +242,17 @@ def lanczos_top(
             if kk < k:
                 reason = f"max_hvp={max_matvec} reached with only {kk} of k={k} Ritz pairs"
                 Y = torch.cat([Y, torch.full((k - kk, dim), float("nan"), device=device, dtype=dtype)])
-                pad = torch.full((k - kk,), float("nan"), dtype=torch.float64)
-                theta, res = torch.cat([theta[:kk], pad]), torch.cat([res, pad])
-            return LanczosResult(theta[:k].to(dtype), Y, res.to(dtype), n, False, reason)
-        prev_theta = theta.clone()
+                theta = np.concatenate([theta[:kk], np.full(k - kk, np.nan)])
+                res = np.concatenate([res, np.full(k - kk, np.nan)])
+            return LanczosResult(values(theta[:k]), Y, values(res), n, False, reason)
+        prev_theta = theta.copy()
         full = arrow > 0 or bool((res_all <= math.sqrt(eps) * anorm).any())
         arrow = 0
         if m >= cap:  # thick restart: keep the top Ritz vectors (no products)
             keep = min(m, max(k + 1, max_basis // 2))
-            _restart(Q, m, S[:, :keep])
-            T.zero_()
-            T[range(keep), range(keep)] = theta[:keep]
+            _restart(Q, m, torch.from_numpy(S[:, :keep].copy()))
+            T[:] = 0.0
+            T[np.arange(keep), np.arange(keep)] = theta[:keep]
             b[:keep] = S[m - 1, :keep] * beta
             b[keep:] = 0.0
             m, arrow, full = keep, keep, True
@@ -257,9 +266,8 @@ def lanczos_top(
             else:
                 torch.div(f, beta, out=Q[m])
                 continue
-        b.zero_()  # an invariant subspace: continue from a random vector orthogonal to it
+        b[:] = 0.0  # an invariant subspace: continue from a random vector orthogonal to it
         arrow = 0
         if not (place(rand(), m) or place(rand(), m)):
             reason = "the basis could not be extended (numerical breakdown)"
-            Y = S[:, :kk].T.to(device=device, dtype=dtype) @ Q[:m]
-            return LanczosResult(theta[:kk].to(dtype), Y, res.to(dtype), n, False, reason)
+            return LanczosResult(values(theta[:kk]), vectors(S[:, :kk], m), values(res), n, False, reason)
