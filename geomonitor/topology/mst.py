@@ -170,13 +170,17 @@ def _boruvka_lists(Xc: torch.Tensor, chunk_size: int, k: int = _LIST) -> torch.T
     near_j = torch.empty(n, k, dtype=torch.long, device=dev)
     idx = torch.arange(n, device=dev)
 
+    buf = torch.empty(min(chunk_size, n), n, dtype=dtype, device=dev)
+
     def refresh(points: torch.Tensor, comp: torch.Tensor) -> None:
         for s in range(0, points.numel(), chunk_size):
             p = points[s : s + chunk_size]
-            block = sq_dists(Xc[p], Xc, x_sq)
+            # rank on |b|^2 - 2<a, b> (|a|^2 is constant along a row), one fused product into a
+            # reused buffer; |a|^2 is added back on the k winners
+            block = torch.addmm(x_sq, Xc[p], Xc.T, beta=1.0, alpha=-2.0, out=buf[: p.numel()])
             block.masked_fill_(comp[p, None] == comp[None, :], float("inf"))
-            near_d[p], near_j[p] = block.topk(k, dim=1, largest=False, sorted=True)
-            del block
+            d, j = block.topk(k, dim=1, largest=False, sorted=True)
+            near_d[p], near_j[p] = d + x_sq[p, None], j
 
     def nearest(comp: torch.Tensor, first: bool) -> tuple[torch.Tensor, torch.Tensor]:
         if first:
