@@ -6,7 +6,7 @@ from gph import ripser_parallel
 
 from geomonitor.topology import mst_edge_lengths, mst_edges, persistence_diagrams
 from geomonitor.distances import sq_dists
-from geomonitor.topology.mst import _boruvka, gram
+from geomonitor.topology.mst import _boruvka, _boruvka_lists, gram
 
 
 def _gph_h0(X, tiny=0.0):
@@ -97,3 +97,31 @@ def test_h0_on_cuda_equals_giotto_ph():
 def test_single_point_has_no_edges():
     edges, lengths = mst_edges(torch.zeros(1, 3))
     assert edges.shape == (0, 2) and lengths.shape == (0,)
+
+
+def _scipy_mst_lengths(X):
+    from scipy.sparse.csgraph import minimum_spanning_tree
+    from scipy.spatial.distance import cdist
+
+    D = cdist(X.numpy(), X.numpy())
+    return np.sort(minimum_spanning_tree(D).data)  # distinct points: no zero-weight edge lost
+
+
+@pytest.mark.parametrize("k", [1, 2, 16])
+def test_boruvka_with_lists_equals_scipy_mst(k):
+    # clusters of 40 points: with k < 40 every list ends inside its cluster, so the bound test
+    # and the recomputation of lists run in the late rounds
+    g = torch.Generator().manual_seed(6)
+    centres = 6.0 * torch.randn(8, 5, generator=g, dtype=torch.float64)
+    X = (centres[:, None] + torch.randn(8, 40, 5, generator=g, dtype=torch.float64)).reshape(-1, 5)
+    Xc = X - X.mean(0)
+    edges = _boruvka_lists(Xc, 50, k)
+    assert edges.shape == (319, 2)
+    got = np.sort((Xc[edges[:, 0]] - Xc[edges[:, 1]]).norm(dim=1).numpy())
+    np.testing.assert_allclose(got, _scipy_mst_lengths(X), rtol=1e-12, atol=1e-12)
+
+
+def test_above_dense_max_equals_scipy_mst_float32():
+    X = torch.randn(700, 12, generator=torch.Generator().manual_seed(7))
+    got = mst_edge_lengths(X, dense_max=300, chunk_size=64).double().numpy()  # the chunked path
+    np.testing.assert_allclose(got, _scipy_mst_lengths(X.double()), atol=1e-5)
