@@ -26,3 +26,13 @@ def wandb_dir(tmp_path, monkeypatch):
 
     if wandb.run is not None:  # a test that failed before finishing its run must not leak it
         wandb.finish()
+
+
+@pytest.fixture(autouse=True)
+def _no_wandb_run_leaks():
+    """A W&B run a test leaves open would be reused by the next test's integration (the
+    Hugging Face Trainer's ``WandbCallback`` joins ``wandb.run`` when there is one)."""
+    yield
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()

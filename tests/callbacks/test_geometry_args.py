@@ -31,7 +31,7 @@ from geomonitor.callbacks import (GeometryMonitor, IntrinsicDimensionMonitor,
     (dict(prog_bar=["loss"]), r"prog_bar entries must name a geometry metric .* got 'loss'"),
     (dict(prog_bar=3), r"prog_bar must be a metric name, a list of them or None, got 3"),
     (dict(id_every_n_steps=None, sharpness_every_n_steps=None, topology_every_n_epochs=None,
-          np_every_n_epochs=None), r"needs at least one family on"),
+          np_every_n_epochs=None, symmetry_every_n_steps=None), r"needs at least one family on"),
 ])
 def test_geometry_monitor_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):

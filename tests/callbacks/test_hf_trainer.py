@@ -289,7 +289,7 @@ def test_iterable_dataset_probe_leaves_loader_and_rng_alone():
     ({"loss_fn": "loss"}, "loss_fn must be callable"),
     ({"forward_fn": 3}, "forward_fn must be callable"),
     ({"id_every_n_steps": None, "sharpness_every_n_steps": None, "topology_every_n_epochs": None,
-      "np_every_n_epochs": None}, "needs at least one family on"),
+      "np_every_n_epochs": None, "symmetry_every_n_steps": None}, "needs at least one family on"),
 ])
 def test_bad_arguments_raise_naming_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -791,7 +791,7 @@ def test_the_default_sharpness_family_without_loss_fn_is_disabled():
     with pytest.warns(MonitorWarning, match=r"sharpness is disabled: it needs the training loss"):
         mon = Monitor(_model(), probe=_probe_data(), topology_every_n_epochs=None, max_overhead=None)
     assert [(f.name, f.enabled) for f in mon.families] == [
-        ("id", True), ("sharpness", False), ("neural_persistence", True)]
+        ("id", True), ("sharpness", False), ("neural_persistence", True), ("symmetry", True)]
     mon.close()
 
 

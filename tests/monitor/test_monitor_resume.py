@@ -26,6 +26,7 @@ def _setup(n=120, seed=0):
 
 def _monitor(model, loader, **kw):
     opts = dict(id_every_n_steps=None, topology_every_n_epochs=None, np_every_n_epochs=None,
+                symmetry_every_n_steps=None,
                 sharpness_every_n_steps=1, max_overhead=None, probe_size=32)
     opts.update(kw)
     return Monitor(model, probe=loader, loss_fn=_loss, **opts)
@@ -109,7 +110,8 @@ def test_dict_batches_name_forward_fn_in_the_error():
         default_forward(Net(), batch)
     mon = Monitor(Net(), probe=torch.utils.data.DataLoader([{"x": torch.randn(4), "y": 0}] * 10),
                   id_every_n_steps=1, sharpness_every_n_steps=None, topology_every_n_epochs=None,
-                  np_every_n_epochs=None, max_overhead=None, probe_size=8)
+                  np_every_n_epochs=None, symmetry_every_n_steps=None, max_overhead=None,
+                  probe_size=8)
     with pytest.warns(MonitorWarning, match=r"id measurement failed.*forward_fn="):
         mon.step(1)
     assert mon.errors == {"id": 1}
@@ -118,6 +120,7 @@ def test_dict_batches_name_forward_fn_in_the_error():
     ok = Monitor(Net(), probe=torch.utils.data.DataLoader(rows),
                  forward_fn=lambda m, b: m(b["x"]), id_every_n_steps=1,
                  sharpness_every_n_steps=None, topology_every_n_epochs=None,
-                 np_every_n_epochs=None, max_overhead=None, probe_size=8)
+                 np_every_n_epochs=None, symmetry_every_n_steps=None, max_overhead=None,
+                 probe_size=8)
     assert "geometry/id/fc" in ok.step(1) and ok.errors == {}
     ok.close()
