@@ -68,10 +68,11 @@ class GeometryMonitor(MonitorCallback):
         np_every_n_epochs: measure the neural persistence every n epochs (None: off).
         symmetry_every_n_steps: measure the parameter-symmetry indicators (balance, dead and
             duplicate units, ranks, neural collapse) every n optimizer steps (None: off).
-        symmetry_every_n_epochs: measure the parameter-symmetry indicators every n epochs.
+        symmetry_every_n_epochs: measure the parameter-symmetry indicators every n epochs
+            (None: off).
         connectivity_every_n_steps: measure the loss barrier between the weights at the
-            previous measurement and now every n optimizer steps (None: off; keeps one CPU
-            copy of the weights).
+            previous measurement and now every n optimizer steps (None: off). Keeps one CPU
+            copy of the weights.
         connectivity_every_n_epochs: measure that loss barrier every n epochs (None: off).
         log_diagrams: under W&B, log each persistence diagram (table + scatter plot).
         prog_bar: metric names (without ``geometry/``) shown in the progress bar.

@@ -18,6 +18,9 @@ def wandb_dir(tmp_path, monkeypatch):
     """A fresh directory for W&B offline runs; yields its path."""
     d = tmp_path / "wandb_root"
     d.mkdir()
+    wandb = sys.modules.get("wandb")
+    if wandb is not None:  # W&B's settings singleton keeps the first WANDB_DIR it saw
+        wandb.teardown()
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(d))
     monkeypatch.setenv("WANDB_SILENT", "true")
