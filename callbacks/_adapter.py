@@ -174,6 +174,7 @@ class MonitorCallback(*CALLBACK_BASES):
             sink=trainer_sink(trainer), families=build_families(seed=self._kwargs["probe_seed"], **self._options),
             forward_fn=forward, loss_fn=loss_fn,
             broadcast=lambda decisions: trainer.strategy.broadcast(decisions, src=0),
+            total_steps=lambda: _total_steps(trainer),
             **{k: v for k, v in self._kwargs.items() if k != "forward_fn"})
         if self._pending_state:
             self.monitor.load_state_dict(self._pending_state)
@@ -184,6 +185,14 @@ class MonitorCallback(*CALLBACK_BASES):
             value = values.get(f"geometry/{name}")
             if value is not None:
                 trainer.progress_bar_metrics[name] = value
+
+
+def _total_steps(trainer: Any) -> Any:
+    # the fit's length when Lightning knows it (max_steps / max_epochs); inf or an error: unknown
+    try:
+        return trainer.estimated_stepping_batches
+    except Exception:  # noqa: BLE001 - e.g. no dataloader length: the cap plans without it
+        return None
 
 
 def _opt(trainer: Any) -> Any:

@@ -102,7 +102,7 @@ def landmarks(name: str, value: Any) -> int | None:
 
 
 def geometry_options(owner: str, *, id_method: Any, sharpness_max_hvp: Any, sharpness_tol: Any,
-                     sharpness_probe_size: Any, topology_landmarks: Any, log_diagrams: Any,
+                     sharpness_probe_size: Any, sharpness_hvp: Any, topology_landmarks: Any, log_diagrams: Any,
                      **schedules: Any) -> dict[str, Any]:
     """Check ``GeometryMonitor``-style family arguments; the options for ``build_families``.
 
@@ -113,6 +113,7 @@ def geometry_options(owner: str, *, id_method: Any, sharpness_max_hvp: Any, shar
     positive_int("sharpness_max_hvp", sharpness_max_hvp)
     positive_float("sharpness_tol", sharpness_tol)
     positive_int("sharpness_probe_size", sharpness_probe_size, allow_none=True)
+    choice("sharpness_hvp", sharpness_hvp, ("auto", "fd", "exact"))
     landmarks("topology_landmarks", topology_landmarks)
     flag("log_diagrams", log_diagrams)
     for name, value in schedules.items():
@@ -122,6 +123,7 @@ def geometry_options(owner: str, *, id_method: Any, sharpness_max_hvp: Any, shar
                          "*_every_n_epochs is None")
     return dict(schedules, id_method=id_method, sharpness_max_hvp=sharpness_max_hvp,
                 sharpness_tol=sharpness_tol, sharpness_probe_size=sharpness_probe_size,
+                sharpness_hvp=sharpness_hvp,
                 topology_landmarks=topology_landmarks, log_diagrams=log_diagrams)
 
 

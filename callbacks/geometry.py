@@ -60,6 +60,9 @@ class GeometryMonitor(MonitorCallback):
         sharpness_max_hvp: Hessian-vector-product budget per sharpness measurement.
         sharpness_tol: relative tolerance of the Lanczos iteration.
         sharpness_probe_size: probe samples the sharpness uses (the first n; None: all).
+        sharpness_hvp: Hessian-vector products by ``"fd"`` (central differences, ~2 training
+            steps each), ``"exact"`` (double backward, ~2.5) or ``"auto"`` (exact for models
+            with ReLU-family or max-pooling modules, where differences see the kinks).
         topology_every_n_steps: compute persistence every n optimizer steps (None: off).
         topology_every_n_epochs: compute persistence every n epochs (None: off).
         topology_landmarks: points kept (maxmin landmarks) per persistence computation,
@@ -109,19 +112,20 @@ class GeometryMonitor(MonitorCallback):
         probe_seed: int = 0,
         probe_data: Any = None,
         id_method: str = "twonn",
-        id_every_n_steps: int | None = 100,
+        id_every_n_steps: int | None = 10,
         id_every_n_epochs: int | None = None,
-        sharpness_every_n_steps: int | None = 50,
+        sharpness_every_n_steps: int | None = 10,
         sharpness_every_n_epochs: int | None = None,
         sharpness_max_hvp: int = 20,
-        sharpness_tol: float = 1e-3,
-        sharpness_probe_size: int | None = 64,
-        topology_every_n_steps: int | None = None,
-        topology_every_n_epochs: int | None = 1,
+        sharpness_tol: float = 1e-2,
+        sharpness_probe_size: int | None = 32,
+        sharpness_hvp: str = "auto",
+        topology_every_n_steps: int | None = 10,
+        topology_every_n_epochs: int | None = None,
         topology_landmarks: int | None = 128,
-        np_every_n_steps: int | None = None,
-        np_every_n_epochs: int | None = 1,
-        symmetry_every_n_steps: int | None = 500,
+        np_every_n_steps: int | None = 10,
+        np_every_n_epochs: int | None = None,
+        symmetry_every_n_steps: int | None = 10,
         symmetry_every_n_epochs: int | None = None,
         connectivity_every_n_steps: int | None = None,
         connectivity_every_n_epochs: int | None = None,
@@ -141,6 +145,7 @@ class GeometryMonitor(MonitorCallback):
         options = check.geometry_options(
             "GeometryMonitor", id_method=id_method, sharpness_max_hvp=sharpness_max_hvp,
             sharpness_tol=sharpness_tol, sharpness_probe_size=sharpness_probe_size,
+            sharpness_hvp=sharpness_hvp,
             topology_landmarks=topology_landmarks, log_diagrams=log_diagrams,
             id_every_n_steps=id_every_n_steps, id_every_n_epochs=id_every_n_epochs,
             sharpness_every_n_steps=sharpness_every_n_steps,

@@ -182,7 +182,7 @@ class GeometryTrainerCallback(TrainerCallback):
         probe_data: ``None`` (from the Trainer's train dataset, see the module docstring), a
             DataLoader, a tensor or a tuple of tensors.
         id_method, id_every_n_steps, id_every_n_epochs, sharpness_every_n_steps,
-        sharpness_every_n_epochs, sharpness_max_hvp, sharpness_tol, sharpness_probe_size,
+        sharpness_every_n_epochs, sharpness_max_hvp, sharpness_tol, sharpness_probe_size, sharpness_hvp,
         topology_every_n_steps, topology_every_n_epochs, topology_landmarks,
         np_every_n_steps, np_every_n_epochs, log_diagrams, strict, max_pending,
         max_overhead: as in ``GeometryMonitor``.
@@ -212,19 +212,20 @@ class GeometryTrainerCallback(TrainerCallback):
         probe_seed: int = 0,
         probe_data: Any = None,
         id_method: str = "twonn",
-        id_every_n_steps: int | None = 100,
+        id_every_n_steps: int | None = 10,
         id_every_n_epochs: int | None = None,
-        sharpness_every_n_steps: int | None = 50,
+        sharpness_every_n_steps: int | None = 10,
         sharpness_every_n_epochs: int | None = None,
         sharpness_max_hvp: int = 20,
-        sharpness_tol: float = 1e-3,
-        sharpness_probe_size: int | None = 64,
-        topology_every_n_steps: int | None = None,
-        topology_every_n_epochs: int | None = 1,
+        sharpness_tol: float = 1e-2,
+        sharpness_probe_size: int | None = 32,
+        sharpness_hvp: str = "auto",
+        topology_every_n_steps: int | None = 10,
+        topology_every_n_epochs: int | None = None,
         topology_landmarks: int | None = 128,
-        np_every_n_steps: int | None = None,
-        np_every_n_epochs: int | None = 1,
-        symmetry_every_n_steps: int | None = 500,
+        np_every_n_steps: int | None = 10,
+        np_every_n_epochs: int | None = None,
+        symmetry_every_n_steps: int | None = 10,
         symmetry_every_n_epochs: int | None = None,
         connectivity_every_n_steps: int | None = None,
         connectivity_every_n_epochs: int | None = None,
@@ -243,6 +244,7 @@ class GeometryTrainerCallback(TrainerCallback):
         self._options = check.geometry_options(
             "GeometryTrainerCallback", id_method=id_method, sharpness_max_hvp=sharpness_max_hvp,
             sharpness_tol=sharpness_tol, sharpness_probe_size=sharpness_probe_size,
+            sharpness_hvp=sharpness_hvp,
             topology_landmarks=topology_landmarks, log_diagrams=log_diagrams,
             id_every_n_steps=id_every_n_steps, id_every_n_epochs=id_every_n_epochs,
             sharpness_every_n_steps=sharpness_every_n_steps,
@@ -350,7 +352,7 @@ class GeometryTrainerCallback(TrainerCallback):
         self.monitor = Monitor(model, probe=probe, sink=LogHistorySink(state, _report_to_wandb(args)),
                                families=build_families(seed=seed, **self._options),
                                forward_fn=self.forward_fn, loss_fn=self.loss_fn or model_loss,
-                               **self._kwargs)
+                               total_steps=lambda: state.max_steps, **self._kwargs)
         # a run that raises never reaches on_train_end: no worker outlives the callback
         self._finalizer = weakref.finalize(self, _close_quietly, self.monitor)
         resumed = self._pending_state

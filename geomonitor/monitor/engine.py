@@ -44,8 +44,10 @@ from geomonitor.monitor.keys import metric_key
 from geomonitor.monitor.layers import LayerSelector, capture_activations
 from geomonitor.monitor.model_io import (default_forward, make_probe, model_device,
                                          torch_broadcast, unwrap_model)
+from geomonitor.monitor.periods import Periods
 from geomonitor.monitor.probe import ProbeSet
 from geomonitor.monitor.sink import as_sink
+from geomonitor.monitor.summary import format_summary, summarize
 from geomonitor.monitor.worker import BackgroundWorker
 from geomonitor.sharpness.isolation import preserved_rng
 
@@ -88,8 +90,14 @@ class Monitor:
         max_pending: background jobs in flight before new ones are dropped (and counted).
         clock: wall clock for the cost cap (default ``time.perf_counter``); ``cpu_clock``:
             the background thread's CPU clock (default ``time.thread_time``).
-        broadcast: ``broadcast(decisions) -> rank 0's decisions``; by default
-            ``torch.distributed.broadcast_object_list`` when a process group is initialised.
+        broadcast: ``broadcast(obj) -> rank 0's obj``, for the cap's decisions and plan; by
+            default ``torch.distributed.broadcast_object_list`` when a process group is
+            initialised.
+        total_steps: the run's length in optimizer steps, or a zero-argument callable giving
+            it at the first step (``None``, ``inf`` or a non-positive value: unknown); the cap
+            then spreads the whole run's budget (:mod:`geomonitor.monitor.cost`).
+        verbose: print the periods in force when the plan changes them, and the summary at
+            ``close`` (rank 0 only).
         **family_options: passed to :func:`geomonitor.monitor.families.build_families`
             (``id_every_n_steps=50``, ``topology_every_n_epochs=None``, ...).
 
@@ -105,7 +113,9 @@ class Monitor:
                  max_overhead: float | None = 0.05, strict: bool = False, max_pending: int = 4,
                  clock: Callable[[], float] | None = None,
                  cpu_clock: Callable[[], float] | None = None,
-                 broadcast: Callable[[list[bool]], list[bool]] | None = None,
+                 broadcast: Callable[[Any], Any] | None = None,
+                 total_steps: int | Callable[[], Any] | None = None,
+                 verbose: bool = True,
                  **family_options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -125,14 +135,20 @@ class Monitor:
                 raise ValueError(f"{name} must be callable or None, got {fn!r}")
         if not isinstance(strict, bool):
             raise ValueError(f"strict must be True or False, got {strict!r}")
+        if not isinstance(verbose, bool):
+            raise ValueError(f"verbose must be True or False, got {verbose!r}")
+        if total_steps is not None and not callable(total_steps):
+            _horizon(total_steps)  # a bad value raises now
         self.model = unwrap_model(model)
         self.families = families
         self.sink = as_sink(sink)
         self.forward_fn = forward_fn or default_forward
         self.loss_fn = loss_fn
         self.probe_size, self.probe_seed = probe_size, probe_seed
-        self.strict = strict
+        self.strict, self.verbose = strict, verbose
         self.cap = CostCap(max_overhead, clock)
+        self._total_steps = total_steps
+        self.periods = Periods({f.name: f.schedule for f in families})
         self._cpu_clock = cpu_clock or time.thread_time
         self._broadcast = broadcast or torch_broadcast
         self._selector = LayerSelector(layers, reduce=reduce)
@@ -141,6 +157,7 @@ class Monitor:
         self.errors: dict[str, int] = {}
         self.skipped: dict[str, int] = {}
         self.dropped: dict[str, int] = {}
+        self.measured: dict[str, int] = {}
         self.latest: dict[str, float] = {}
         self.optimizer: torch.optim.Optimizer | None = None
         self._last: dict[str, int] = {}
@@ -177,15 +194,20 @@ class Monitor:
         if optimizer is not None:
             self.optimizer = optimizer
         if not self._started:
-            self._start()
+            self._start(step)
+        self.cap.tick(step)
         if epoch_end:
             epoch = self._epoch if epoch is None else int(epoch)
             self._epoch = epoch + 1
+            self.periods.epoch_end(step, epoch)
         due = [f for f in self.families if f.enabled and self._last.get(f.name) != step
                and (f.schedule.due_epoch(epoch) if epoch_end else f.schedule.due_step(step))]
+        spent = self.cap.spent
         if due:
-            self._measure(due, step)
+            self._measure(due, step, epoch if epoch_end else None)
         self._drain()
+        if due or epoch_end or self.cap.spent != spent:
+            self._replan(step)
         return self._deliver()
 
     def close(self, wait: bool = True) -> dict[str, float]:
@@ -205,7 +227,14 @@ class Monitor:
             self._drain()
             delivered = self._deliver()
         self._call_sink("flush")
+        if self.verbose and _rank() == 0 and self._started:
+            print(format_summary(self.summary()))
         return delivered
+
+    def summary(self) -> dict[str, Any]:
+        """Per family: points measured, skipped, dropped, errors, the last cost in training
+        steps, the asked period and the one in force (steps); and the run's totals."""
+        return summarize(self)
 
     def state_dict(self) -> dict[str, Any]:
         """Probe set, family states, counters, costs (``torch.load(weights_only=True)``-safe)."""
@@ -213,8 +242,9 @@ class Monitor:
         return {"version": _STATE_VERSION, "config": dict(self._config), "probe": probe,
                 "families": {f.name: f.state_dict() for f in self.families},
                 "errors": dict(self.errors), "skipped": dict(self.skipped),
-                "dropped": dict(self.dropped), "last": dict(self._last), "epoch": self._epoch,
-                "cost": self.cap.state_dict()}
+                "dropped": dict(self.dropped), "measured": dict(self.measured),
+                "last": dict(self._last), "epoch": self._epoch,
+                "cost": self.cap.state_dict(), "periods": self.periods.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`. The arguments this monitor was built with win: a
@@ -236,7 +266,8 @@ class Monitor:
         for fam in self.families:
             if fam.name in state.get("families", {}):
                 fam.load_state_dict(state["families"][fam.name])
-        for name in ("errors", "skipped", "dropped", "last"):
+        self.periods.load_state_dict(state.get("periods", {}))
+        for name in ("errors", "skipped", "dropped", "measured", "last"):
             setattr(self, name if name != "last" else "_last",
                     {str(k): int(v) for k, v in state.get(name, {}).items()})
         self._epoch = int(state.get("epoch", 0))
@@ -280,8 +311,10 @@ class Monitor:
                 raise ValueError(f"Monitor: {fam.name} cannot run: {reason}")
             self._warn_once(fam.name, f"{fam.name} is disabled: {reason}")
 
-    def _start(self) -> None:
+    def _start(self, step: int) -> None:
         self._started = True
+        total = self._total_steps() if callable(self._total_steps) else self._total_steps
+        self.cap.horizon = _horizon(total, strict=not callable(self._total_steps))
         if any(f.enabled and f.needs_probe for f in self.families):
             device = model_device(self.model)
             # reading the data (random transforms, a stream) must not move the run's RNG streams
@@ -295,7 +328,7 @@ class Monitor:
                     if fam.needs_probe:
                         self._disable(fam, f"no probe set could be drawn: {exc}")
         if not self.cap.started:  # a resume started it at load_state_dict
-            self.cap.start()
+            self.cap.start(step)
 
     def _draw_probe(self) -> None:
         source = self._probe_source
@@ -315,13 +348,24 @@ class Monitor:
         self._probe_state = None
 
     # -- measuring --------------------------------------------------------------------------
-    def _measure(self, due: list[Family], step: int) -> None:
-        allowed, planned = [], 0.0
-        for f in due:  # in turn: each one sees what the ones admitted before it will spend
-            allowed.append(self.cap.allows(f.name, planned))
-            planned += self.cap.cost.get(f.name, 0.0) if allowed[-1] else 0.0
-        if self.cap.fraction is not None:
-            allowed = list(self._broadcast(allowed))  # rank 0 decides for every rank
+    def _measure(self, due: list[Family], step: int, epoch: int | None) -> None:
+        # due on the asked schedule (every rank reaches these steps together): "off" when the
+        # plan's period skips the step, else "run" or "skip" by the guard, asked in turn (each
+        # one sees what the ones admitted before it will spend)
+        states, planned = [], 0.0
+        for f in due:
+            if not self.periods.due(f.name, step, epoch):
+                states.append("off")
+            elif self.cap.allows(f.name, planned):
+                states.append("run")
+                planned += self.cap.cost.get(f.name, 0.0)
+            else:
+                states.append("skip")
+        if self.cap.fraction is not None:  # rank 0 decides, and its plan holds, on every rank
+            states, stretch = self._broadcast([states, dict(self.periods.stretch)])
+            self._adopt(step, self.periods.adopt(stretch))
+        due = [f for f, state in zip(due, states) if state != "off"]
+        allowed = [state == "run" for state in states if state != "off"]
         batch = self._probe.batch if self._probe is not None else None
         model, forward = self.model, self.forward_fn
 
@@ -367,7 +411,22 @@ class Monitor:
             else:
                 self._emit(name, step, measurement)
 
+    def _replan(self, step: int) -> None:
+        if _rank() == 0:  # other ranks take rank 0's plan with its decisions (_measure)
+            self._adopt(step, self.periods.update(self.cap.plan(self.periods.asked_all())))
+
+    def _adopt(self, step: int, changed: dict[str, int]) -> None:
+        if not changed:
+            return
+        self._put(step, {metric_key("period", n): float(p if p < _PAUSED else 0)
+                         for n, p in changed.items()})
+        if self.verbose and _rank() == 0:
+            print(f"geomonitor: at step {step}, to keep within max_overhead={self.cap.fraction}: "
+                  + ", ".join(f"{n} every {_steps(p)} (asked {self.periods.asked(n)})"
+                              for n, p in changed.items()))
+
     def _emit(self, name: str, step: int, m: Measurement) -> None:
+        self.measured[name] = self.measured.get(name, 0) + 1
         for exc in m.errors:
             self._fail(name, exc, step)
         self._put(step, m.metrics)
@@ -415,6 +474,26 @@ class Monitor:
         for fam in self.families:
             with contextlib.suppress(Exception):
                 fam.close()
+
+
+def _horizon(total: Any, strict: bool = True) -> int | None:
+    """``total_steps`` as a positive int, or None when unknown (None, inf, <= 0)."""
+    if total is None:
+        return None
+    if isinstance(total, bool) or not isinstance(total, (int, float)):
+        if strict:
+            raise ValueError(f"total_steps must be a positive int, a callable or None, got {total!r}")
+        return None
+    if total != total or total in (float("inf"),) or total <= 0:
+        return None
+    return int(total)
+
+
+_PAUSED = 10**12  # cost.plan_periods' period for a family no rate affords
+
+
+def _steps(period: int) -> str:
+    return "(paused)" if period >= _PAUSED else f"{period} steps"
 
 
 def _timed(name: str, job: Callable[[], Measurement], cpu_clock: Callable[[], float]) -> Callable[[], tuple]:

@@ -23,11 +23,13 @@ family                  layer       summary     example
 ``equivariance``        yes (name)  yes         ``geometry/equivariance/rot90/output``
 ``skipped``             yes (fam.)  no          ``geometry/skipped/topology``
 ``dropped``             yes (fam.)  no          ``geometry/dropped/topology``
+``period``              yes (fam.)  no          ``geometry/period/topology``
 ``errors``              no          no          ``geometry/errors``
 ======================  ==========  ==========  ==============================================
 
 ``skipped`` counts the occurrences of a family that the cost cap skipped, ``dropped`` the
-background measurements dropped because too many were pending. For ``neural_persistence``
+background measurements dropped because too many were pending, ``period`` the period in
+steps in force for the family since the cost cap's plan last changed it. For ``neural_persistence``
 the network mean is the summary ``mean`` and a layer may not be called ``mean``.
 
 Layer names are module names from ``named_modules()`` (dots kept); no part may be empty or
@@ -50,14 +52,15 @@ PREFIX = "geometry"
 FAMILIES: tuple[str, ...] = ("sharpness", "eos_ratio", "hessian_trace", "n_hvp", "id",
                              "id_profile", "ph", "neural_persistence", "symmetry",
                              "neural_collapse", "connectivity", "equivariance", "skipped",
-                             "dropped", "errors")
+                             "dropped", "period", "errors")
 
 _REQ, _NO = "required", "forbidden"
 # family -> (layer rule, summary rule); absent: neither. "one": exactly one of the two.
 _RULES = {"id": (_REQ, _NO), "ph": (_REQ, _REQ), "neural_persistence": ("one", "one"),
           "symmetry": (_REQ, _REQ), "neural_collapse": (_REQ, _REQ),
           "connectivity": (_NO, _REQ), "equivariance": (_REQ, _REQ),
-          "skipped": (_REQ, _NO), "dropped": (_REQ, _NO)}
+          "skipped": (_REQ, _NO), "dropped": (_REQ, _NO),
+          "period": (_REQ, _NO)}
 _NP_MEAN = "mean"
 
 

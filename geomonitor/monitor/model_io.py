@@ -70,8 +70,8 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def torch_broadcast(decisions: list[bool]) -> list[bool]:
-    """Rank 0's ``decisions`` on every rank of an initialised ``torch.distributed`` group
+def torch_broadcast(decisions: Any) -> Any:
+    """Rank 0's ``decisions`` (any picklable object) on every rank of an initialised ``torch.distributed`` group
     (``broadcast_object_list``); unchanged without one."""
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):

@@ -37,7 +37,7 @@ import torch
 from geomonitor.sharpness.hvp import trainable
 from geomonitor.sharpness.isolation import isolated
 from geomonitor.sharpness.preconditioned import adam_preconditioner, stability_threshold
-from geomonitor.sharpness.spectrum import _check, hessian_eigenvalues
+from geomonitor.sharpness.spectrum import HVP_BACKENDS, _check, choose_hvp, hessian_eigenvalues
 
 __all__ = ["SharpnessEstimator", "SharpnessResult"]
 
@@ -56,6 +56,7 @@ class SharpnessResult(NamedTuple):
         preconditioned: whether the Adam preconditioner was applied.
         loss: the probe loss value (float).
         note: why ``eos_ratio`` is None, or which threshold rule was used.
+        hvp: the product backend used (``"fd"`` or ``"exact"``).
     """
 
     sharpness: float
@@ -68,6 +69,7 @@ class SharpnessResult(NamedTuple):
     preconditioned: bool
     loss: float
     note: str
+    hvp: str = "exact"
 
 
 class SharpnessEstimator:
@@ -78,13 +80,24 @@ class SharpnessEstimator:
         tol: relative tolerance of the Lanczos solver (> 0).
         max_hvp: hard limit of Hessian-vector products per measurement (>= 1).
         seed: seed of the estimator's own ``torch.Generator`` (random start vectors).
+        hvp: ``"auto"`` (:func:`~geomonitor.sharpness.spectrum.choose_hvp`), ``"fd"`` (central
+            differences) or ``"exact"`` (double backward).
+        min_cold: products before a measurement from a random start may stop (``None``:
+            :func:`~geomonitor.sharpness.lanczos.lanczos_top`'s ``2k + 10``).
     """
 
-    def __init__(self, k: int = 1, *, tol: float = 1e-3, max_hvp: int = 100, seed: int = 0):
+    def __init__(self, k: int = 1, *, tol: float = 1e-3, max_hvp: int = 100, seed: int = 0,
+                 hvp: str = "auto", min_cold: int | None = None):
         _check(k, tol, max_hvp)
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int; got {seed!r}")
+        if hvp not in HVP_BACKENDS:
+            raise ValueError(f"hvp must be one of {HVP_BACKENDS}; got {hvp!r}")
+        if min_cold is not None and (isinstance(min_cold, bool) or not isinstance(min_cold, int)
+                                     or min_cold < k + 1):
+            raise ValueError(f"min_cold must be None or an int >= k + 1 = {k + 1}; got {min_cold!r}")
         self.k, self.tol, self.max_hvp, self.seed = k, float(tol), max_hvp, seed
+        self.hvp, self.min_cold = hvp, min_cold
         self.generator = torch.Generator().manual_seed(seed)
         self._vectors: torch.Tensor | None = None
         self._vectors_preconditioned = False
@@ -101,7 +114,8 @@ class SharpnessEstimator:
         """Measure the Hessian of ``loss_fn()`` w.r.t. the trainable parameters of ``model``."""
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-        with isolated(model) as module:
+        backend = choose_hvp(model, self.hvp)
+        with isolated(model, double_backward=backend == "exact") as module:
             params = trainable(module, name="model.parameters()")
             thr = stability_threshold(optimizer, lr, params)
             note, scaling, pre = thr.rule, None, thr.preconditioned
@@ -117,7 +131,7 @@ class SharpnessEstimator:
                 init = None
             spec = hessian_eigenvalues(
                 loss_fn, params, self.k, tol=self.tol, max_hvp=self.max_hvp, init=init,
-                generator=self.generator, scaling=scaling,
+                generator=self.generator, scaling=scaling, hvp=backend, min_cold=self.min_cold,
             )
         if bool(torch.isfinite(spec.eigenvalues).all()):
             self._vectors = spec.eigenvectors.detach()
@@ -127,7 +141,7 @@ class SharpnessEstimator:
         ratio = None if thr.value is None or not math.isfinite(top) else top / thr.value
         return SharpnessResult(
             top, spec.eigenvalues.detach(), ratio, thr.value, spec.n_hvp, spec.converged, spec.reason,
-            pre, float(spec.loss), note,
+            pre, float(spec.loss), note, backend,
         )
 
     def reset(self) -> None:

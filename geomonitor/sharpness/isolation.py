@@ -61,14 +61,18 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
 
 
 @contextlib.contextmanager
-def measurement_mode() -> Iterator[None]:
-    """Grad on, inference mode off, autocast off (CPU and CUDA), SDPA math kernel."""
+def measurement_mode(double_backward: bool = True) -> Iterator[None]:
+    """Grad on, inference mode off, autocast off (CPU and CUDA), and, when
+    ``double_backward``, the SDPA math kernel (the fused kernels have no double backward)."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.inference_mode(False))
         stack.enter_context(torch.enable_grad())
         stack.enter_context(torch.autocast("cpu", enabled=False))
         if torch.cuda.is_available():
             stack.enter_context(torch.autocast("cuda", enabled=False))
+        if not double_backward:
+            yield
+            return
         try:
             from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -93,10 +97,11 @@ def preserved_rng(devices: Sequence[int | torch.device] = ()) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def isolated(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+def isolated(model: torch.nn.Module, double_backward: bool = True) -> Iterator[torch.nn.Module]:
     """Run a measurement on ``model`` and restore everything afterwards (see module doc).
 
-    Yields the unwrapped module (``model.module`` under DDP / DataParallel).
+    Yields the unwrapped module (``model.module`` under DDP / DataParallel);
+    ``double_backward`` is passed to :func:`measurement_mode`.
     """
     module = unwrap(model)
     modes = [(m, m.training) for m in model.modules()]
@@ -106,7 +111,7 @@ def isolated(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     versions = [p._version for p in params]
     devices = range(torch.cuda.device_count()) if torch.cuda.is_available() else ()
     try:
-        with preserved_rng(devices), measurement_mode():
+        with preserved_rng(devices), measurement_mode(double_backward):
             for m in module.modules():
                 if isinstance(m, _DROPOUT):
                     m.eval()

@@ -32,7 +32,7 @@ Convergence (every wanted pair i < k), with ``scale = max_j |theta_j|``:
 ``tol * scale`` since the previous step *and* ``||r_i|| <= sqrt(tol) * scale`` (a guard
 against stopping on a Ritz value that is passing by an interior eigenvalue), where ``gap_i``
 is the distance from ``theta_i`` to the other Ritz values (Parlett 1998, ch. 11). From a cold
-(random) start, convergence is declared only after ``2k + 10`` products. The loop
+(random) start, convergence is declared only after ``min_cold`` (default ``2k + 10``) products. The loop
 always stops at ``max_matvec`` products.
 
 Cost: at most ``max_matvec`` operator products; O(max_basis * P) memory for ``Q`` (fp32 for
@@ -121,6 +121,7 @@ def lanczos_top(
     device: torch.device | str = "cpu",
     dtype: torch.dtype = torch.float32,
     max_basis: int | None = None,
+    min_cold: int | None = None,
 ) -> LanczosResult:
     """The ``k`` largest algebraic eigenpairs of the symmetric operator ``matvec`` on R^dim.
 
@@ -137,6 +138,8 @@ def lanczos_top(
             generator when None, so results are reproducible).
         device, dtype: of the vectors.
         max_basis: basis size that triggers a thick restart (default max(30, 3k)).
+        min_cold: products before convergence may be declared from a random start (default
+            ``2k + 10``; at least ``k + 1``).
 
     Returns:
         :class:`LanczosResult`; eigenvectors orthonormal rows, shape (k, dim).
@@ -180,7 +183,11 @@ def lanczos_top(
     warm = start is not None and place(start, 0)
     while not warm and not place(rand(), 0):
         pass
-    min_basis = 1 if warm else min(dim, 2 * k + 10)
+    if min_cold is None:
+        min_cold = 2 * k + 10
+    elif isinstance(min_cold, bool) or not isinstance(min_cold, int) or min_cold < k + 1:
+        raise ValueError(f"min_cold must be an int >= k + 1 = {k + 1}; got {min_cold!r}")
+    min_basis = 1 if warm else min(dim, min_cold)
     m, n, arrow, anorm = 0, 0, 0, 0.0
     prev_theta: np.ndarray | None = None
 

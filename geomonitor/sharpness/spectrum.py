@@ -6,13 +6,23 @@ non-convex loss is indefinite, and a large negative eigenvalue is not sharpness)
 al. (2021), "Gradient descent on neural networks typically occurs at the edge of stability",
 ICLR, show that full-batch gradient descent with step size eta drives it to ~2/eta.
 
-Method: Hessian-vector products by double backward (:mod:`.hvp`; one forward + backward,
-then one extra backward per product) fed to thick-restart Lanczos with full
-reorthogonalisation (:mod:`.lanczos`). Warm starting from the previous eigenvectors makes a
-measurement one optimiser step later converge in a few products.
+Method: Hessian-vector products fed to thick-restart Lanczos with full reorthogonalisation
+(:mod:`.lanczos`), by one of two backends (``hvp=``):
 
-Cost: ``n_hvp`` <= ``max_hvp`` double backwards; memory O(max_basis * P) for the Krylov basis
-(max_basis = max(30, 3k)) plus the retained gradient graph.
+* ``"exact"``: double backward (:mod:`.hvp`; one forward + backward with the graph kept,
+  then one extra backward per product, about 2.5 training steps each);
+* ``"fd"``: central differences of the gradient (:mod:`.fd_hvp`; two forward + backward
+  passes per product, about 2 training steps, no graph kept, any attention kernel), accurate
+  to the third derivative on smooth models and seeing the kinks of piecewise-linear ones.
+
+:func:`choose_hvp` picks ``"exact"`` for a model with a piecewise-linear activation module
+(ReLU family, max-pooling, a transformer layer with ``activation="relu"``) and ``"fd"``
+otherwise. Warm starting from the previous eigenvectors makes a measurement a few optimiser
+steps later converge in a few products.
+
+Cost: ``n_hvp`` <= ``max_hvp`` products; memory O(max_basis * P) for the Krylov basis
+(max_basis = max(30, 3k)), plus the retained gradient graph (``"exact"``) or one copy of
+the parameters (``"fd"``).
 
 Example::
 
@@ -26,11 +36,50 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 
+from geomonitor.sharpness.fd_hvp import FiniteDifferenceHVP
 from geomonitor.sharpness.hvp import HVPOperator
 from geomonitor.sharpness.isolation import measurement_mode
 from geomonitor.sharpness.lanczos import lanczos_top
 
-__all__ = ["HessianSpectrum", "hessian_eigenvalues"]
+__all__ = ["HVP_BACKENDS", "HessianSpectrum", "choose_hvp", "hessian_eigenvalues"]
+
+#: The Hessian-vector product backends (``"auto"``: :func:`choose_hvp`).
+HVP_BACKENDS = ("auto", "fd", "exact")
+
+_KINKED = (torch.nn.ReLU, torch.nn.ReLU6, torch.nn.LeakyReLU, torch.nn.PReLU, torch.nn.RReLU,
+           torch.nn.Hardtanh, torch.nn.Threshold, torch.nn.Hardswish, torch.nn.Hardsigmoid,
+           torch.nn.MaxPool1d, torch.nn.MaxPool2d, torch.nn.MaxPool3d, torch.nn.AdaptiveMaxPool1d,
+           torch.nn.AdaptiveMaxPool2d, torch.nn.AdaptiveMaxPool3d)
+
+
+def kinked_modules(model: torch.nn.Module) -> list[str]:
+    """Names of the modules of ``model`` whose output is piecewise linear with kinks: the
+    ReLU family and max-pooling (by type, or a class name containing ``ReLU``/``MaxPool``),
+    and ``nn.TransformerEncoderLayer``/``DecoderLayer`` with a ReLU activation. A
+    ``F.relu`` called inside a ``forward`` is not visible here."""
+    layers = (torch.nn.TransformerEncoderLayer, torch.nn.TransformerDecoderLayer)
+    found = []
+    for name, m in model.named_modules():
+        kind = type(m).__name__
+        if (isinstance(m, _KINKED) or "ReLU" in kind or "MaxPool" in kind
+                or (isinstance(m, layers) and (m.activation is torch.nn.functional.relu
+                                               or isinstance(m.activation, torch.nn.ReLU)))):
+            found.append(name)
+    return found
+
+
+def choose_hvp(model: torch.nn.Module, hvp: str = "auto") -> str:
+    """The backend for ``model``: ``hvp`` itself unless it is ``"auto"``, then ``"exact"``
+    when :func:`kinked_modules` finds one, else ``"fd"``.
+
+    Raises:
+        ValueError: ``hvp`` not in :data:`HVP_BACKENDS`.
+    """
+    if hvp not in HVP_BACKENDS:
+        raise ValueError(f"hvp must be one of {HVP_BACKENDS}; got {hvp!r}")
+    if hvp != "auto":
+        return hvp
+    return "exact" if kinked_modules(model) else "fd"
 
 
 class HessianSpectrum(NamedTuple):
@@ -73,6 +122,8 @@ def hessian_eigenvalues(
     init: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     scaling: torch.Tensor | None = None,
+    hvp: str = "exact",
+    min_cold: int | None = None,
 ) -> HessianSpectrum:
     """The ``k`` largest eigenvalues of the Hessian of ``loss_fn()`` w.r.t. ``params``.
 
@@ -87,17 +138,23 @@ def hessian_eigenvalues(
         generator: for the random start vector (default: a fresh default-seeded one).
         scaling: optional positive (P,) vector ``d``; the operator is then
             ``diag(d) H diag(d)`` (preconditioned sharpness with ``d = P^{-1/2}``).
+        hvp: ``"exact"`` (double backward) or ``"fd"`` (central differences); see the module
+            docstring (``"auto"`` needs the model: :func:`choose_hvp`).
+        min_cold: products before convergence may be declared from a random start
+            (``lanczos_top``'s default when None).
 
     Returns:
         :class:`HessianSpectrum`.
 
     Raises:
         ValueError: no parameter requires grad; k > P; non-finite loss; loss independent of
-            params; bad k / tol / max_hvp / init / scaling.
+            params; bad k / tol / max_hvp / init / scaling / hvp.
     """
     _check(k, tol, max_hvp)
-    with measurement_mode():
-        op = HVPOperator(loss_fn, params)
+    if hvp not in ("fd", "exact"):
+        raise ValueError(f"hvp must be 'fd' or 'exact' here; got {hvp!r}")
+    with measurement_mode(double_backward=hvp == "exact"):
+        op = HVPOperator(loss_fn, params) if hvp == "exact" else FiniteDifferenceHVP(loss_fn, params)
         if k > op.dim:
             raise ValueError(f"k={k} exceeds the number of parameters P={op.dim}; use k <= {op.dim}")
         matvec = op
@@ -108,7 +165,8 @@ def hessian_eigenvalues(
             matvec = lambda v: d * op(d * v)  # noqa: E731
         res = lanczos_top(
             matvec, op.dim, k, tol=tol, max_matvec=max_hvp, init=init, generator=generator,
-            device=op.device, dtype=op.dtype,
+            device=op.device, dtype=op.dtype, min_cold=min_cold,
         )
+        loss = op.loss
         op.release()
-    return HessianSpectrum(res.eigenvalues, res.eigenvectors, res.n_matvec, res.converged, res.reason, op.loss)
+    return HessianSpectrum(res.eigenvalues, res.eigenvectors, res.n_matvec, res.converged, res.reason, loss)

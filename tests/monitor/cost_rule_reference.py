@@ -7,8 +7,13 @@ plus the training time carried over from a checkpoint; a family's cost is the
 training-thread seconds of its last measurement plus the background seconds of its last
 finished job. A due occurrence runs when the family was never charged, or when
 ``spent + cost <= max_overhead * training``.
+
+The plan, by brute force: costs in steps are ``cost / (training / steps_timed)``; every T from
+1 upwards is tried until ``sum cost_f / (p_f * ceil(T / p_f)) <= max_overhead`` (no horizon).
 """
 from __future__ import annotations
+
+import math
 
 
 class ReferenceRule:
@@ -55,3 +60,16 @@ class ReferenceRule:
         if self.fraction is None or cost is None:
             return True
         return self.spent() + cost <= self.fraction * self.training(now)
+
+    def plan(self, periods: dict[str, int], now: float, steps_timed: int) -> dict[str, int]:
+        """The periods in force, by trying every T in turn (runs of unknown length)."""
+        training = self.training(now)
+        if self.fraction is None or training <= 0 or steps_timed <= 0:
+            return dict(periods)
+        step = training / steps_timed
+        cost = {f: self.cost(f) / step for f in periods if self.cost(f) is not None}
+        for T in range(1, 10**6):
+            per = {f: p * math.ceil(T / p) for f, p in periods.items()}
+            if sum(c / per[f] for f, c in cost.items()) <= self.fraction:
+                return {f: (per[f] if f in cost else p) for f, p in periods.items()}
+        raise AssertionError("no period up to 10**6 fits")

@@ -43,7 +43,8 @@ _SCRIPT = textwrap.dedent('''
             clock.t += 1.0
             mon.step(step)
         mon.close()
-        return {"a": fams[0].steps, "b": fams[1].steps, "skipped": mon.skipped}
+        return {"a": fams[0].steps, "b": fams[1].steps, "skipped": mon.skipped,
+                "stretch": mon.periods.stretch}
 
     if __name__ == "__main__":
         rank, init, out = int(sys.argv[1]), sys.argv[2], sys.argv[3]
@@ -84,8 +85,10 @@ def test_ranks_measure_at_rank_zeros_steps(tmp_path):
     # above would have failed without the broadcast
     assert r1["control"]["a"] != r0["control"]["a"]
     assert len(r1["control"]["a"]) > len(r0["control"]["a"])
-    # every measured step is a scheduled one, and every occurrence ran or was skipped
+    # rank 0's plan (the periods in force) holds on rank 1, stretched from what was asked
+    assert r1["broadcast"]["stretch"] == r0["broadcast"]["stretch"] != {"a": 1, "b": 1}
+    # every measured step is a scheduled one, measured or skipped once at most
     for result in (r0["broadcast"], r1["control"]):
         assert all(s % 5 == 0 for s in result["a"]) and all(s % 7 == 0 for s in result["b"])
-        assert len(result["a"]) + result["skipped"].get("a", 0) == 120 // 5
-        assert len(result["b"]) + result["skipped"].get("b", 0) == 120 // 7
+        assert len(result["a"]) + result["skipped"].get("a", 0) <= 120 // 5
+        assert len(result["b"]) + result["skipped"].get("b", 0) <= 120 // 7

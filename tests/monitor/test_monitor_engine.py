@@ -150,20 +150,24 @@ def _wait_idle(monitor: Monitor) -> None:
 def _simulate(schedules: dict[str, tuple[int, float, float]], fraction: float, n_steps: int,
               dt: float) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
     """The rule, step by step: ``dt`` seconds of training before each step; the families due
-    at a step are asked in order, each seeing what the ones before it spent; a background
-    job is collected at the next step, after that step's decisions.
+    at a step (by the periods in force) are asked in order, each seeing what the ones before
+    it spent; a background job is collected at the next step, after that step's decisions;
+    the periods are planned again after every step whose spending changed.
     ``schedules``: name -> (every, thread cost, background cost or 0 for a sync family)."""
     ref, t = ReferenceRule(fraction), 0.0
     runs: dict[str, list[int]] = {f: [] for f in schedules}
     skips: dict[str, list[int]] = {f: [] for f in schedules}
+    asked = {f: every for f, (every, _, _) in schedules.items()}
+    period = dict(asked)
     in_flight: list[tuple[str, float]] = []
     for s in range(1, n_steps + 1):
         t += dt
         if s == 1:
             ref.start(t)
+        spent = ref.spent()
         submitted = []
         for f, (every, cost, background) in schedules.items():
-            if s % every:
+            if s % period[f]:
                 continue
             if not ref.allows(f, t):
                 skips[f].append(s)
@@ -176,6 +180,8 @@ def _simulate(schedules: dict[str, tuple[int, float, float]], fraction: float, n
         for f, background in in_flight:
             ref.charge_background(f, background)
         in_flight = submitted
+        if ref.spent() != spent:
+            period = ref.plan(asked, t, s - 1)
     return runs, skips
 
 
@@ -217,8 +223,9 @@ def test_skips_happen_exactly_where_the_rule_says_and_are_delivered():
     # two are never due at the same step within 76 steps.
     schedules = {"a": (7, 3.0, 0.0), "b": (11, 1.0, 4.0)}
     runs, skips, mon, rec = _check_against_the_rule(schedules, 0.5, 76, 1.0)
-    assert len(runs["a"]) >= 3 and len(skips["a"]) >= 3  # both outcomes, for both families
-    assert len(runs["b"]) >= 2 and len(skips["b"]) >= 2
+    assert len(runs["a"]) >= 3 and len(runs["b"]) >= 2 and skips["a"] + skips["b"]
+    assert mon.periods.stretch["a"] > 1 or mon.periods.stretch["b"] > 1  # the plan stretched
+    assert rec.values(metric_key("period", "a")) or rec.values(metric_key("period", "b"))
     # the background values arrive with the step they describe
     assert rec.values(metric_key("ph", "b", "h1_n_bars")) == [(s, float(s)) for s in runs["b"]]
     assert rec.diagrams == [(metric_key("ph", "b", "diagram"), s) for s in runs["b"]]
@@ -238,29 +245,34 @@ def test_random_schedules_and_costs_skip_where_the_rule_says(seed):
 
 def test_the_hand_computed_schedule():
     # every 20 steps, 10 s each, 1 s of training per step, share 0.25; the clock starts at the
-    # first step, so at step s training is s - 1 s. Step 20 runs (first). Then spent + 10 <=
-    # (s - 1) / 4: 20 <= 9.75 (40), 14.75 (60), 19.75 (80) no; 24.75 (100) yes; spent 20:
-    # 30 <= 29.75 (120) no, 34.75 (140) yes; spent 30: 40 <= 39.75 (160) no, 44.75 (180) yes;
-    # spent 40: 50 <= 49.75 (200) no.
-    runs, skips, _, _ = _check_against_the_rule({"a": (20, 10.0, 0.0)}, 0.25, 200, 1.0)
-    assert runs["a"] == [20, 100, 140, 180]
-    assert skips["a"] == [40, 60, 80, 120, 160, 200]
+    # first step, so at step s training is s - 1 s. Step 20 runs (first): 10 s = 10 steps of
+    # 1 s, and 10 / T <= 0.25 needs T = 40: every 40 steps. The guard, spent + 10 <=
+    # (s - 1) / 4: 20 <= 9.75 (40), 19.75 (80) no; 29.75 (120) yes; spent 20: 30 <= 39.75
+    # (160) yes; spent 30: 40 <= 49.75 (200) yes.
+    runs, skips, mon, rec = _check_against_the_rule({"a": (20, 10.0, 0.0)}, 0.25, 200, 1.0)
+    assert runs["a"] == [20, 120, 160, 200]
+    assert skips["a"] == [40, 80]
+    assert rec.values(metric_key("period", "a")) == [(20, 40.0)]
+    assert mon.periods.in_force("a") == 40
 
 
 def test_families_due_at_the_same_step_are_asked_in_turn():
-    # a and b every 10 steps, 4 s each, share 0.5: both run at step 10 (first), both are
-    # skipped at 20 (spent 8: 8 + 4 > 9.5). At 30 (training 29 s) a runs (12 <= 14.5), and b,
-    # asked after a has spent its 4 s, is skipped (16 > 14.5): "spent so far" includes a's
-    # measurement at this step. Deciding both from the spending before the step runs both,
-    # and the monitor then spends more than its share on every later co-due step.
+    # a and b every 10 steps, 4 s each, 1 s steps, share 0.4: both run at step 10 (first);
+    # 8 steps of cost per round need T = 20. At 20 (spent 8, training 19 s) both are skipped
+    # (12 > 7.6). At 40 (training 39 s) a runs (12 <= 15.6), and b, asked after a has spent
+    # its 4 s, is skipped (16 > 15.6): "spent so far" includes a's measurement at this step.
     schedules = {"a": (10, 4.0, 0.0), "b": (10, 4.0, 0.0)}
-    runs, skips, mon, _ = _check_against_the_rule(schedules, 0.5, 100, 1.0)
-    assert runs["a"] != runs["b"]
+    runs, skips, mon, _ = _check_against_the_rule(schedules, 0.4, 100, 1.0)
+    assert runs["a"] == [10, 40, 60, 80, 100] and runs["b"] == [10, 60, 80, 100]
+    assert skips["b"] == [20, 40]
 
 
 # -- the first measurement of every family always runs ----------------------------------
 
 def test_the_first_measurement_of_every_family_runs_on_an_exhausted_budget():
+    # big costs 1000 steps: at 1% it needs a period of 100,000 steps, and every family that has
+    # a cost is stretched as far (after big's one skip at step 2, asked before a step was
+    # timed); the late families still run once, when first due.
     clock = Clock()
     big = Sync("big", 1, clock, cost=1000.0)
     late = [Sync("c", 10, clock, cost=1.0), Sync("d", 25, clock, cost=1.0),
@@ -275,9 +287,12 @@ def test_the_first_measurement_of_every_family_runs_on_an_exhausted_budget():
     mon.close()
     assert big.steps == [1]
     assert [f.steps for f in late] == [[10], [25], [30]]
-    assert mon.skipped == {"big": 59, "c": 5, "d": 1, "e": 1}
-    assert rec.values(metric_key("skipped", "d")) == [(50, 1.0)]
+    assert mon.skipped == {"big": 1}
+    assert rec.values(metric_key("period", "big"))[0] == (2, 100000.0)  # 1000 steps / 0.01
+    assert all(p >= 100000 for f in ("big", "c", "d") for _, p in rec.values(metric_key("period", f)))
+    assert [s for s, _ in rec.values(metric_key("period", "d"))] == [25, 30]
     assert rec.values(metric_key("ph", "e", "h1_n_bars")) == [(30, 30.0)]
+    assert mon.summary()["families"]["big"]["points"] == 1
 
 
 # -- no schedule drift -------------------------------------------------------------------
@@ -296,9 +311,11 @@ def test_measured_steps_never_leave_the_schedule():
     for fam, every in zip(fams, (20, 20, 50)):
         due = set(range(every, 601, every))
         assert set(fam.steps) <= due and len(fam.steps) == len(set(fam.steps))
-        assert len(fam.steps) + mon.skipped[fam.name] == len(due)  # each occurrence: run or skip
-        assert mon.skipped[fam.name] > 0 and len(fam.steps) >= 2
+        in_force = set(range(mon.periods.in_force(fam.name), 601, mon.periods.in_force(fam.name)))
+        assert in_force <= due and mon.periods.in_force(fam.name) >= every  # on schedule
+        assert len(fam.steps) >= 2
     assert 61 not in fams[0].steps and 162 not in fams[0].steps
+    assert mon.periods.in_force("a") > 20 and mon.periods.in_force("b") > 20  # stretched
 
 
 # -- geometry/errors once per step ------------------------------------------------------
@@ -569,10 +586,11 @@ def test_a_resumed_monitor_continues_counters_schedule_costs_and_probe_set():
         assert mine.runs == ref.runs                     # the family's own state
     assert resumed.skipped == whole.skipped and resumed.errors == whole.errors
     assert resumed._last == whole._last
+    assert resumed.measured == whole.measured
+    assert resumed.periods.state_dict() == whole.periods.state_dict()
     # counters go on from the checkpoint's values
-    first_skip = rec.values(metric_key("skipped", "a"))[0]
-    assert first_skip[1] == first.skipped["a"] + 1
-    assert rec.values(metric_key("errors"))[0] == (33, float(sum(first.errors.values()) + 1))
+    b_after = [s for s in whole_fams[1].steps if s > 30][0]
+    assert rec.values(metric_key("errors"))[0] == (b_after, float(sum(first.errors.values()) + 1))
     # the probe set is the checkpoint's (drawn from the first data), not a new draw
     x, y = _probe_data()
     idx = state["probe"]["indices"]
@@ -592,11 +610,12 @@ def test_a_changed_probe_size_warns_and_draws_a_new_probe_set():
     with pytest.warns(MonitorWarning, match=r"Monitor resumed with probe_size=24 \(checkpoint: 16\): "
                       r"the arguments apply; a new probe set is drawn"):
         resumed.load_state_dict(state)
+    assert resumed.periods.stretch == first.periods.stretch != {"a": 1, "b": 1, "c": 1}  # restored
     _train(resumed, Clock(), range(11, 16))
     x, _ = resumed.probe.batch
     assert x.shape == (24, 4) and bool((x > 50).all())  # drawn now, from this monitor's data
     assert len(set(resumed.probe.indices.tolist())) == 24
-    assert sum(resumed.skipped.values()) >= sum(first.skipped.values()) > 0  # restored
+    assert sum(resumed.measured.values()) >= sum(first.measured.values()) > 0
     assert fams[0].runs == len(first_fams[0].steps) + len(fams[0].steps)   # family state restored
     resumed.close()
 
@@ -636,11 +655,13 @@ def test_a_step_asked_twice_is_one_occurrence():
     ran = Sync("ran", Every(n_steps=10, n_epochs=1), cost=1.0)
     run(ran, None)
     assert ran.steps == [10, 20, 30]
-    capped = Sync("capped", Every(n_steps=10, n_epochs=1), cost=50.0)
+    # 5 s at step 10 (9 s of training): period 10 is affordable at 0.5, the guard is not at
+    # 20 (10 > 9.5, asked again at the epoch end: one skip), and is at 30 (10 <= 14.5)
+    capped = Sync("capped", Every(n_steps=10, n_epochs=1), cost=5.0)
     mon, rec = run(capped, 0.5)
-    assert capped.steps == [10]
-    assert mon.skipped == {"capped": 2}
-    assert rec.values(metric_key("skipped", "capped")) == [(20, 1.0), (30, 2.0)]
+    assert capped.steps == [10, 30]
+    assert mon.skipped == {"capped": 1}
+    assert rec.values(metric_key("skipped", "capped")) == [(20, 1.0)]
 
 
 @pytest.mark.parametrize("state, got", [({"version": 1}, "1"), ({}, "None"), ([1, 2], "'list'")])

@@ -23,6 +23,7 @@ from geomonitor.monitor.keys import FAMILIES, metric_key
     (("equivariance", "rot90", "output"), "geometry/equivariance/rot90/output"),
     (("skipped", "topology"), "geometry/skipped/topology"),
     (("dropped", "topology"), "geometry/dropped/topology"),
+    (("period", "topology"), "geometry/period/topology"),
     (("errors",), "geometry/errors"),
 ])
 def test_every_family(args, expected):
@@ -32,7 +33,7 @@ def test_every_family(args, expected):
 def test_families_tuple():
     assert FAMILIES == ("sharpness", "eos_ratio", "hessian_trace", "n_hvp", "id", "id_profile",
                         "ph", "neural_persistence", "symmetry", "neural_collapse", "connectivity",
-                        "equivariance", "skipped", "dropped", "errors")
+                        "equivariance", "skipped", "dropped", "period", "errors")
 
 
 def test_unknown_family_lists_families():

@@ -31,14 +31,16 @@ __all__ = ["DEFAULTS", "ConnectivityFamily", "EquivarianceFamily", "IntrinsicDim
            "TopologyFamily", "build_families"]
 
 #: Every option of :func:`build_families` and its default (schedules: ``None`` = off).
+#: Every default family asks for a point every 10 steps; the cost cap stretches the periods
+#: to fit ``max_overhead`` (:mod:`geomonitor.monitor.cost`).
 DEFAULTS: dict[str, Any] = {
-    "id_every_n_steps": 100, "id_every_n_epochs": None, "id_method": "twonn", "id_log_profile": True,
-    "sharpness_every_n_steps": 50, "sharpness_every_n_epochs": None, "sharpness_max_hvp": 20,
-    "sharpness_tol": 1e-3, "sharpness_probe_size": 64,
-    "topology_every_n_steps": None, "topology_every_n_epochs": 1, "topology_landmarks": 128, "topology_maxdim": 1,
+    "id_every_n_steps": 10, "id_every_n_epochs": None, "id_method": "twonn", "id_log_profile": True,
+    "sharpness_every_n_steps": 10, "sharpness_every_n_epochs": None, "sharpness_max_hvp": 20,
+    "sharpness_tol": 1e-2, "sharpness_probe_size": 32, "sharpness_hvp": "auto",
+    "topology_every_n_steps": 10, "topology_every_n_epochs": None, "topology_landmarks": 128, "topology_maxdim": 1,
     "log_diagrams": True,
-    "np_every_n_steps": None, "np_every_n_epochs": 1,
-    "symmetry_every_n_steps": 500, "symmetry_every_n_epochs": None,
+    "np_every_n_steps": 10, "np_every_n_epochs": None,
+    "symmetry_every_n_steps": 10, "symmetry_every_n_epochs": None,
     "connectivity_every_n_steps": None, "connectivity_every_n_epochs": None,
     "equivariance_every_n_steps": None, "equivariance_every_n_epochs": None,
     "equivariance_transforms": None,
@@ -61,7 +63,7 @@ def build_families(*, seed: int = 0, **options: Any) -> list[Family]:
         ValueError: an unknown option (the message lists them), a bad value, or every family off.
 
     Example:
-        >>> [f.name for f in build_families(topology_every_n_epochs=None)]
+        >>> [f.name for f in build_families(topology_every_n_steps=None)]
         ['id', 'sharpness', 'neural_persistence', 'symmetry']
     """
     unknown = sorted(set(options) - set(DEFAULTS))
@@ -76,7 +78,7 @@ def build_families(*, seed: int = 0, **options: Any) -> list[Family]:
     every = _every(o, "sharpness")
     if every is not None:
         families.append(SharpnessFamily(every, max_hvp=o["sharpness_max_hvp"], tol=o["sharpness_tol"],
-                                        seed=seed, probe_size=o["sharpness_probe_size"]))
+                                        seed=seed, probe_size=o["sharpness_probe_size"], hvp=o["sharpness_hvp"]))
     every = _every(o, "topology")
     if every is not None:
         families.append(TopologyFamily(every, maxdim=o["topology_maxdim"], n_landmarks=o["topology_landmarks"], seed=seed,

@@ -70,8 +70,8 @@ class SharpnessFamily(Family):
     name = "sharpness"
     needs_loss = True
 
-    def __init__(self, schedule: Every, *, max_hvp: int = 20, tol: float = 1e-3, seed: int = 0,
-                 probe_size: int | None = 64) -> None:
+    def __init__(self, schedule: Every, *, max_hvp: int = 20, tol: float = 1e-2, seed: int = 0,
+                 probe_size: int | None = 32, hvp: str = "auto", min_cold: int | None = 8) -> None:
         super().__init__(schedule)
         from geomonitor.sharpness import SharpnessEstimator
 
@@ -79,7 +79,8 @@ class SharpnessFamily(Family):
         if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not tol > 0:
             raise ValueError(f"tol must be a positive float, got {tol!r}")
         self.probe_size = positive_int("probe_size", probe_size, allow_none=True)
-        self.estimator = SharpnessEstimator(k=1, tol=float(tol), max_hvp=max_hvp, seed=seed)
+        self.estimator = SharpnessEstimator(k=1, tol=float(tol), max_hvp=max_hvp, seed=seed,
+                                            hvp=hvp, min_cold=min_cold)
 
     def run(self, ctx: Context) -> Measurement:
         if ctx.loss_fn is None:

@@ -1,0 +1,94 @@
+"""The periods in force: each family's asked schedule, stretched by the cost cap's plan.
+
+A family asks for a period (its :class:`~geomonitor.monitor.schedule.Every`: ``n_steps``, or
+``n_epochs`` epochs, counted in steps once the first epoch has ended). The cap
+(:meth:`geomonitor.monitor.cost.CostCap.plan`) answers with a period that is a whole
+multiple ``m`` of it; the family is then due at step ``s`` when ``n_steps * m`` divides ``s``
+(at the end of epoch ``e`` when ``n_epochs * m`` divides ``e + 1``), so a stretched schedule
+keeps the asked steps, only fewer of them. A change of plan takes effect at the next
+multiple of the new period; nothing is shifted.
+
+Example:
+    >>> from geomonitor.monitor.schedule import Every
+    >>> p = Periods({"id": Every(n_steps=10)})
+    >>> p.update({"id": 30})                       # the plan: every 30 steps
+    {'id': 30}
+    >>> [s for s in range(1, 100) if p.due("id", s)]
+    [30, 60, 90]
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from geomonitor.monitor.schedule import Every
+
+__all__ = ["Periods"]
+
+
+class Periods:
+    """Asked schedules and the stretch the plan put on them (see the module docstring).
+
+    Args:
+        schedules: family name -> its asked :class:`Every`.
+    """
+
+    def __init__(self, schedules: Mapping[str, Every]) -> None:
+        self.schedules = dict(schedules)
+        self.stretch = {name: 1 for name in self.schedules}
+        self.steps_per_epoch: float | None = None
+
+    def epoch_end(self, step: int, epoch: int) -> None:
+        """Epoch ``epoch`` (0-based) ended after ``step`` optimizer steps."""
+        if step > 0:
+            self.steps_per_epoch = step / (epoch + 1)
+
+    def asked(self, name: str) -> int | None:
+        """The asked period in steps (``None`` for an epoch schedule before an epoch ended)."""
+        sched = self.schedules[name]
+        if sched.n_steps is not None:
+            return sched.n_steps
+        if self.steps_per_epoch is None:
+            return None
+        return max(1, round(sched.n_epochs * self.steps_per_epoch))
+
+    def in_force(self, name: str) -> int | None:
+        """The period in force in steps (asked x stretch), ``None`` when not known yet."""
+        asked = self.asked(name)
+        return None if asked is None else asked * self.stretch[name]
+
+    def due(self, name: str, step: int, epoch: int | None = None) -> bool:
+        """Whether ``name`` is due at ``step`` (or, with ``epoch``, at that epoch's end)."""
+        sched, m = self.schedules[name], self.stretch[name]
+        if epoch is not None:
+            return sched.due_epoch(epoch) and (epoch + 1) % (sched.n_epochs * m) == 0
+        return sched.due_step(step) and step % (sched.n_steps * m) == 0
+
+    def update(self, planned: Mapping[str, int]) -> dict[str, int]:
+        """Take the plan's periods (in steps); returns those in force that changed."""
+        return self.adopt({name: max(1, period // asked) for name, period in planned.items()
+                           if (asked := self.asked(name)) is not None})
+
+    def adopt(self, stretch: Mapping[str, int]) -> dict[str, int]:
+        """Take the stretch multipliers (e.g. rank 0's); returns the periods that changed."""
+        changed = {}
+        for name, m in stretch.items():
+            if name in self.stretch and m != self.stretch[name]:
+                self.stretch[name] = int(m)
+                asked = self.asked(name)
+                changed[name] = (asked or 1) * int(m)
+        return changed
+
+    def asked_all(self) -> dict[str, int]:
+        """The asked periods in steps of every family whose period is known."""
+        return {n: a for n in self.schedules if (a := self.asked(n)) is not None}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stretch": dict(self.stretch), "steps_per_epoch": self.steps_per_epoch}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for name, m in state.get("stretch", {}).items():
+            if name in self.stretch:
+                self.stretch[name] = max(1, int(m))
+        spe = state.get("steps_per_epoch")
+        self.steps_per_epoch = None if spe is None else float(spe)
