@@ -258,6 +258,10 @@ class RipserProcess:
                 except OSError:  # already ended: the call finds out
                     pass
         self.launches += 1
+        if self._closed:  # close() ran during the launch: it saw no child, so stop this one
+            self._proc = None
+            self._stop(proc)
+            raise RuntimeError("RipserProcess is closed (start() reopens it)")
         return proc
 
     @staticmethod

@@ -264,3 +264,22 @@ def test_prioritize_reports_a_refusal_and_the_child_stays_niced(monkeypatch):
 def test_a_low_priority_that_is_not_a_bool_raises():
     with pytest.raises(ValueError, match=r"low_priority must be True or False, got 1"):
         RipserProcess(low_priority=1)
+
+
+def test_a_child_launched_while_close_runs_is_stopped(monkeypatch, ripser):
+    # close() from another thread between the launch and its bookkeeping: no child survives
+    from geomonitor.topology import ripser_process
+
+    launched = []
+    real = ripser_process.subprocess.Popen
+
+    def popen_then_close(*args, **kwargs):
+        proc = real(*args, **kwargs)
+        launched.append(proc)
+        ripser.close()  # sees no child yet
+        return proc
+
+    monkeypatch.setattr(ripser_process.subprocess, "Popen", popen_then_close)
+    with pytest.raises(RuntimeError, match=r"RipserProcess is closed \(start\(\) reopens it\)"):
+        ripser(_distances(10, 2), 1)
+    assert len(launched) == 1 and launched[0].returncode is not None and ripser.pid is None
