@@ -23,7 +23,9 @@ flight) when they changed. ``step`` returns the values delivered by that call.
 
 Guarantees: a measurement that raises is counted and warned once per family, and training
 continues (``strict=True`` re-raises); a sink that raises is warned once; ``close()``
-finishes pending work (``wait=True``) or cancels it, and no thread or process outlives it.
+finishes pending work (``wait=True``) for at most one measurement's cost, or cancels it
+(cancelled jobs are counted in ``geometry/dropped/<family>``), and no thread or process
+outlives it.
 
 Cost between due steps: a few comparisons per family.
 """
@@ -210,18 +212,38 @@ class Monitor:
             self._replan(step)
         return self._deliver()
 
+    #: seconds ``close(wait=True)`` may always wait (a first measurement has no cost yet)
+    close_wait_floor = 10.0
+
     def close(self, wait: bool = True) -> dict[str, float]:
         """Finish (``wait=True``) or cancel pending background work, deliver what finished,
-        stop child processes. Idempotent. Returns the values delivered."""
+        stop child processes. Idempotent. Returns the values delivered.
+
+        Nothing waits on starved work. With ``wait=True`` every family is first asked to
+        :meth:`~Family.prioritize` its jobs (the topology child leaves nice 19), then the
+        pending jobs get at most one measurement's cost in all: the largest cost in
+        ``cap.cost`` (a family's last measured seconds), at least :attr:`close_wait_floor`.
+        Jobs still pending then are cancelled (the running one is stopped by closing the
+        families), counted in ``dropped[family]`` and delivered as
+        ``geometry/dropped/<family>`` at the step they describe. ``wait=False`` cancels
+        them at once (counted the same way, not delivered)."""
         if self._closed:
             return {}
         self._closed = True
         self.cap.stop()
-        try:  # pending jobs are bounded (giotto-ph on <= n_landmarks points); the timeout
-            # only guards against a child that stopped answering
-            self._worker.close(wait=wait, timeout=300.0)
+        cancelled: list[tuple[int, str]] = []
+        try:
+            if wait:
+                for fam in self.families:
+                    with contextlib.suppress(Exception):
+                        fam.prioritize()
+            bound = max([self.close_wait_floor, *self.cap.cost.values()])
+            cancelled = self._worker.close(wait=wait, timeout=bound)
         finally:
             self._close_families()
+        for step, name in cancelled:
+            self.dropped[name] = self.dropped.get(name, 0) + 1
+            self._put(step, {metric_key("dropped", name): float(self.dropped[name])})
         delivered: dict[str, float] = {}
         if wait:
             self._drain()
@@ -391,7 +413,8 @@ class Monitor:
                 else:
                     if isinstance(result, Measurement):
                         self._emit(fam.name, step, result)
-                    elif not self._worker.submit(step, _timed(fam.name, result, self._cpu_clock)):
+                    elif not self._worker.submit(step, _timed(fam.name, result, self._cpu_clock),
+                                                 fam.name):
                         self.dropped[fam.name] = self.dropped.get(fam.name, 0) + 1
                         self._put(step, {metric_key("dropped", fam.name): float(self.dropped[fam.name])})
                         self._warn_once(f"{fam.name}/dropped", f"{fam.name} measurement at step "

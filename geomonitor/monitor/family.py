@@ -149,6 +149,12 @@ class Family:
         background job of this family runs, and must then stop it."""
         return None
 
+    def prioritize(self) -> None:
+        """The training thread is about to wait on this family's background jobs
+        (``Monitor.close(wait=True)``): let them run at full speed (e.g. undo a low CPU
+        priority). Must not wait on the jobs; by default nothing."""
+        return None
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

@@ -16,8 +16,10 @@ its cost is plain. The design is the bounded producer/consumer queue:
   ``(step, result, error)`` triples, in submission order, and forgets them.
 * :meth:`BackgroundWorker.close` with ``wait=True`` finishes the pending jobs, with
   ``wait=False`` cancels the ones not yet started (counted in ``cancelled``; the running one
-  finishes), then joins the thread. Idempotent. ``submit`` after ``close`` raises
-  ``RuntimeError`` (a closed worker is a programming error, not a full queue).
+  finishes), then joins the thread. It returns the ``(step, tag)`` of every job it cancelled
+  (``tag``: what ``submit`` was given, e.g. the family's name), so the caller can count them.
+  Idempotent. ``submit`` after ``close`` raises ``RuntimeError`` (a closed worker is a
+  programming error, not a full queue).
 
 The thread starts on the first ``submit`` and waits on a condition variable (no polling).
 Jobs run with one intra-op torch thread: ``torch.set_num_threads(1)`` is called *on the
@@ -41,6 +43,7 @@ Example:
     >>> w.submit(10, lambda: 1 + 1)
     True
     >>> w.close()
+    []
     >>> w.drain()
     [(10, 2, None)]
 """
@@ -87,7 +90,9 @@ class BackgroundWorker:
         self.dropped = 0
         self.cancelled = 0
         self._cond = threading.Condition()
-        self._queue: deque[tuple[int, Callable[[], Any]]] = deque()
+        self._queue: deque[tuple[int, Callable[[], Any], Any]] = deque()
+        self._current: tuple[int, Any] | None = None  # (step, tag) of the running job
+        self._cancelled_jobs: list[tuple[int, Any]] = []
         self._done: list[tuple[int, Any, BaseException | None]] = []
         self._running = 0
         self._closed = False
@@ -103,8 +108,9 @@ class BackgroundWorker:
     def closed(self) -> bool:
         return self._closed
 
-    def submit(self, step: int, fn: Callable[[], Any]) -> bool:
+    def submit(self, step: int, fn: Callable[[], Any], tag: Any = None) -> bool:
         """Queue ``fn()`` for the step ``step``; ``False`` (and ``dropped += 1``) when full.
+        ``tag`` comes back with the job's step if ``close`` cancels it.
 
         Raises:
             ValueError: ``step`` not an int, ``fn`` not callable.
@@ -120,7 +126,7 @@ class BackgroundWorker:
             if len(self._queue) + self._running >= self.max_pending:
                 self.dropped += 1
                 return False
-            self._queue.append((step, fn))
+            self._queue.append((step, fn, tag))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="geomonitor-worker",
                                                 daemon=True)
@@ -139,10 +145,18 @@ class BackgroundWorker:
             done, self._done = self._done, []
         return done
 
-    def close(self, *, wait: bool = True, timeout: float | None = 30.0) -> None:
+    def close(self, *, wait: bool = True, timeout: float | None = 30.0) -> list[tuple[int, Any]]:
         """Stop accepting jobs; finish (``wait=True``) or cancel (``wait=False``) the queued
         ones; join the thread for at most ``timeout`` seconds (``None``: no limit), stopping
-        a job still running then with ``interrupt`` (see the module docstring). Idempotent."""
+        a job still running then with ``interrupt`` (see the module docstring). Idempotent.
+        Returns ``(step, tag)`` of the jobs this call cancelled, in submission order (an
+        interrupted job's result is discarded whenever it returns, so it is among them)."""
+        self._close(wait, timeout)
+        with self._cond:
+            cancelled, self._cancelled_jobs = self._cancelled_jobs, []
+        return cancelled
+
+    def _close(self, wait: bool, timeout: float | None) -> None:
         with self._cond:
             self._closed = True
             if not wait:
@@ -155,8 +169,10 @@ class BackgroundWorker:
             thread.join(timeout)
         if thread.is_alive() and self._interrupt is not None:
             with self._cond:
+                if self._running and not self._interrupted:
+                    self._interrupted = True
+                    self._cancelled_jobs.insert(0, self._current)  # submitted before the queue
                 self._cancel_queued()
-                self._interrupted = self._running > 0
             self._interrupt()
             thread.join(_GRACE)  # an interrupted job returns at once
         if thread.is_alive():
@@ -165,10 +181,11 @@ class BackgroundWorker:
             when = f"after {timeout} s" if self._interrupt is None else f"{_GRACE} s after an interrupt"
             warnings.warn(f"BackgroundWorker.close: a job still running {when}; queued "
                           "jobs cancelled, the daemon thread ends when that job returns",
-                          RuntimeWarning, stacklevel=2)
+                          RuntimeWarning, stacklevel=3)
 
     def _cancel_queued(self) -> None:
         self.cancelled += len(self._queue)
+        self._cancelled_jobs.extend((step, tag) for step, _, tag in self._queue)
         self._queue.clear()
 
     def _loop(self) -> None:
@@ -179,8 +196,9 @@ class BackgroundWorker:
                     self._cond.wait()
                 if not self._queue:  # closed and nothing left
                     return
-                step, fn = self._queue.popleft()
+                step, fn, tag = self._queue.popleft()
                 self._running = 1
+                self._current = (step, tag)
             try:
                 result, error = fn(), None
             except BaseException as exc:  # noqa: BLE001 - handed back by drain()

@@ -7,12 +7,23 @@ lost 0.66 s per second that thread computed; ``benchmarks/bench_gil.py``).
 :class:`RipserProcess` runs it in a child interpreter instead. The calling thread waits on a
 pipe, which releases the GIL, while the child computes on another core.
 
-* The child is ``sys.executable -c <script>``: it imports only numpy and giotto-ph (with its
-  scikit-learn dependency: start-up about 1 s of CPU), never torch and never the caller's
+* The child is ``sys.executable -I -c <script>``: it imports only numpy and giotto-ph (with
+  its scikit-learn dependency: start-up about 1 s of CPU), never torch and never the caller's
   ``__main__`` (so, unlike ``multiprocessing``'s spawn, a script without an
-  ``if __name__ == "__main__"`` guard is safe). It runs at the lowest CPU priority
-  (``nice 19``): on a machine whose cores the training keeps busy it takes only idle time,
-  and on a spare core it runs at full speed.
+  ``if __name__ == "__main__"`` guard is safe). Its import path is explicit: isolated mode
+  (``-I``), then the absolute entries of this process's ``sys.path`` other than the working
+  directory, so a ``gph.py`` or ``numpy.py`` in the working directory is never imported.
+* Priority, one rule: the child runs at the lowest CPU priority (``nice 19``) only while
+  nobody waits on it. ``RipserProcess(low_priority=True)`` is for a caller whose wait lets
+  training continue (the monitor's background thread): its child takes only idle time on a
+  busy machine and runs at full speed on a spare core. When the training thread is about to
+  wait on it (``Monitor.close(wait=True)``), :meth:`RipserProcess.prioritize` brings the child
+  back to this process's priority, so a starved child never holds up the end of a fit.
+  Lowering a nice value needs privilege (``CAP_SYS_NICE`` or ``RLIMIT_NICE``): where it is
+  refused, ``prioritize`` returns ``False`` and the child stays at nice 19 (the monitor then
+  bounds its wait instead; see :meth:`geomonitor.monitor.Monitor.close`). The default,
+  ``low_priority=False``, is for a caller that waits on every call: its child runs at this
+  process's priority from the start.
 * Protocol: one request at a time, a little-endian 8-byte length then a pickle, both ways:
   ``(D, maxdim)`` in, ``("ok", [dgm_0, ..., dgm_maxdim], cpu, startup)`` or ``("error",
   message, cpu, startup)`` out: ``cpu`` the child's CPU seconds for this request, ``startup``
@@ -35,9 +46,12 @@ giotto-ph, about 80 MiB resident), idle between requests.
 Example:
     >>> with RipserProcess() as ripser:                      # doctest: +SKIP
     ...     dgms = ripser(distance_matrix, maxdim=1)         # [H0 bars, H1 bars]
+    >>> background = RipserProcess(low_priority=True)        # doctest: +SKIP
+    >>> background.prioritize()          # the training thread waits now: True where permitted
 """
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 import subprocess
@@ -52,13 +66,14 @@ __all__ = ["RipserProcess", "ripser_in_process"]
 
 _HEADER = struct.Struct("<Q")
 
+_LOW = 19  # the child's nice value while nobody waits on it
+
 _CHILD = r"""
-import os, pickle, struct, sys
+import os, sys
+sys.path[:] = sys.argv[1:] + sys.path
 out = os.fdopen(os.dup(1), "wb")
 os.dup2(2, 1)
-if hasattr(os, "nice"):
-    os.nice(19)
-import time
+import pickle, struct, time
 import numpy as np
 from gph import ripser_parallel
 inp, head = sys.stdin.buffer, struct.Struct("<Q")
@@ -96,9 +111,16 @@ class RipserProcess:
     of (birth, death) bars per dimension 0..maxdim, as giotto-ph returns them (the essential
     H0 bar included, with death ``inf``).
 
+    Args:
+        low_priority: run the child at nice 19 until :meth:`prioritize` (for a caller that
+            does not wait on it; see the module docstring). ``False``: this process's priority.
+
     Attributes:
         cpu_time, startup_cpu: CPU seconds the child reported (requests; start-up).
         launches: children started so far (a child that died is replaced by a new one).
+
+    Raises:
+        ValueError: ``low_priority`` not a bool.
 
     Raises (from a call):
         RuntimeError: the instance is closed, the child ended during the call (e.g.
@@ -106,8 +128,12 @@ class RipserProcess:
             included).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, low_priority: bool = False) -> None:
+        if not isinstance(low_priority, bool):
+            raise ValueError(f"low_priority must be True or False, got {low_priority!r}")
         self._lock = threading.Lock()
+        self._nice_lock = threading.Lock()  # orders launch and prioritize(); never held long
+        self._low = low_priority
         self._proc: subprocess.Popen | None = None
         self._in_process = False
         self._closed = False
@@ -130,6 +156,31 @@ class RipserProcess:
         """The child's process id while one is running, else ``None``."""
         proc = self._proc
         return proc.pid if proc is not None and proc.poll() is None else None
+
+    @property
+    def low_priority(self) -> bool:
+        """Whether the child runs (or will start) at nice 19 (see :meth:`prioritize`)."""
+        return self._low
+
+    def prioritize(self) -> bool:
+        """Someone now waits on the child: bring it back to this process's priority, now and
+        for any child launched later. Never waits (callable while another thread's call holds
+        the child). Returns ``True`` when the child runs (or will start) at this process's
+        priority, ``False`` when the operating system refused (lowering a nice value needs
+        privilege); the child then stays at nice 19."""
+        with self._nice_lock:
+            if not self._low:
+                return True
+            proc = self._proc
+            if proc is not None and proc.poll() is None:
+                try:
+                    os.setpriority(os.PRIO_PROCESS, proc.pid, os.getpriority(os.PRIO_PROCESS, 0))
+                except PermissionError:
+                    return False
+                except (ProcessLookupError, AttributeError):
+                    pass  # ended meanwhile (a new child starts unniced), or no priorities here
+            self._low = False
+            return True
 
     def start(self) -> None:
         """Launch the child now (without waiting for its imports); a no-op if it runs. Also
@@ -161,7 +212,8 @@ class RipserProcess:
                     self.startup_cpu += startup
             except (OSError, EOFError, ValueError) as exc:
                 self._stop(proc)
-                raise RuntimeError("the giotto-ph child process ended during a computation") from exc
+                raise RuntimeError("the giotto-ph child process ended during a computation "
+                                   f"(exit status {proc.returncode})") from exc
         if status != "ok":
             raise RuntimeError(f"giotto-ph failed in the child process: {payload}")
         return payload
@@ -190,15 +242,27 @@ class RipserProcess:
         if self._proc is not None and self._proc.poll() is None:
             return self._proc
         try:
-            self._proc = subprocess.Popen([sys.executable, "-c", _CHILD], stdin=subprocess.PIPE,
-                                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            proc = subprocess.Popen([sys.executable, "-I", "-c", _CHILD, *_child_path()],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL)
         except OSError as exc:
             self._in_process = True
             warnings.warn(f"RipserProcess: cannot start a child process ({exc!r}); giotto-ph "
                           "runs in this process instead", RuntimeWarning, stacklevel=3)
             return None
+        with self._nice_lock:  # the parent nices it, so prioritize() cannot be overtaken
+            self._proc = proc
+            if self._low and hasattr(os, "setpriority"):
+                try:
+                    os.setpriority(os.PRIO_PROCESS, proc.pid, _LOW)
+                except OSError:  # already ended: the call finds out
+                    pass
         self.launches += 1
-        return self._proc
+        if self._closed:  # close() ran during the launch: it saw no child, so stop this one
+            self._proc = None
+            self._stop(proc)
+            raise RuntimeError("RipserProcess is closed (start() reopens it)")
+        return proc
 
     @staticmethod
     def _stop(proc: subprocess.Popen) -> None:
@@ -221,6 +285,17 @@ class RipserProcess:
             self.close()
         except Exception:  # noqa: BLE001 - interpreter shutdown
             pass
+
+
+def _child_path() -> list[str]:
+    """The child's import path before its own: the absolute entries of ``sys.path`` other than
+    the working directory (a relative entry, ``""`` included, names the working directory)."""
+    try:
+        cwd = os.path.realpath(os.getcwd())
+    except OSError:  # the working directory was removed
+        cwd = None
+    return [p for p in sys.path if isinstance(p, str) and os.path.isabs(p)
+            and os.path.realpath(p) != cwd]
 
 
 def _read(stream: IO[bytes], n: int) -> bytes:

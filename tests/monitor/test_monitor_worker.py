@@ -217,3 +217,24 @@ def test_close_without_a_running_job_does_not_interrupt():
     w.submit(1, lambda: 1)
     w.close(wait=True)
     assert calls == [] and w.drain() == [(1, 1, None)]
+
+
+@pytest.mark.parametrize("wait", [True, False])
+def test_close_returns_the_cancelled_jobs_with_their_tags_in_submission_order(wait):
+    # the running job is held until the interrupt: with timeout=0 the order is all that counts
+    release, started = threading.Event(), threading.Event()
+    w = BackgroundWorker(interrupt=release.set)
+    w.submit(1, lambda: "kept", "a")
+    w.submit(2, _blocking_job(release, started), "a")
+    w.submit(2, lambda: "queued", "b")
+    w.submit(3, lambda: "queued", "a")
+    assert started.wait(60)  # the first job finished; the second one holds the thread
+    assert w.close(wait=wait, timeout=0) == [(2, "a"), (2, "b"), (3, "a")]
+    assert w.close() == []  # idempotent: nothing more to cancel
+    assert w.drain() == [(1, "kept", None)] and w.cancelled == 3 and not _workers()
+
+
+def test_close_cancels_nothing_when_every_job_finishes():
+    w = BackgroundWorker()
+    w.submit(1, lambda: 1, "a")
+    assert w.close(wait=True) == [] and w.drain() == [(1, 1, None)]

@@ -157,3 +157,129 @@ def test_start_never_waits_for_a_call_in_flight(ripser):
     ripser.close()
     t.join(60)
     assert not t.is_alive()
+
+
+# -- the child's import path ----------------------------------------------------------------
+
+def test_the_child_never_imports_from_the_working_directory(tmp_path, monkeypatch):
+    marker = tmp_path / "imported"
+    (tmp_path / "gph.py").write_text(f"open({str(marker)!r}, 'w').write('yes')\n"
+                                     "print('the working directory gph.py ran')\n"
+                                     "raise ImportError('the working directory gph.py')\n")
+    monkeypatch.chdir(tmp_path)
+    # the working directory on this process's path too, by name and as "" (python -c, REPL)
+    monkeypatch.setattr(sys, "path", ["", str(tmp_path), *sys.path])
+    D = _distances(30, 3)
+    with RipserProcess() as ripser:
+        ours = ripser(D, 1)
+    for a, b in zip(ours, ripser_in_process(D, 1)):
+        np.testing.assert_array_equal(a, b)
+    assert not marker.exists()
+
+
+def test_a_child_that_exits_at_once_is_reported_with_its_exit_status(monkeypatch, ripser):
+    from geomonitor.topology import ripser_process
+
+    monkeypatch.setattr(ripser_process, "_CHILD", "import sys; sys.exit(3)")
+    with pytest.raises(RuntimeError, match=r"the giotto-ph child process ended during a "
+                                           r"computation \(exit status 3\)"):
+        ripser(_distances(10, 2), 1)
+
+
+# -- priority: nice 19 only while nobody waits ----------------------------------------------
+
+HANG = 120.0  # seconds; only ever reached if something hangs
+
+
+def _nice(pid: int) -> int:
+    return os.getpriority(os.PRIO_PROCESS, pid)
+
+
+needs_priorities = pytest.mark.skipif(not hasattr(os, "setpriority"), reason="no process priorities")
+
+
+@needs_priorities
+def test_a_direct_callers_child_runs_at_this_process_priority(ripser):
+    ripser(_distances(10, 2), 1)
+    assert not ripser.low_priority and _nice(ripser.pid) == _nice(0)
+
+
+@needs_priorities
+def test_prioritize_brings_a_low_priority_child_back_while_a_call_waits_on_it():
+    # no thread of this test waits on the niced child before prioritize(): on a busy machine
+    # it would get next to no CPU (the very starvation prioritize() ends)
+    if _nice(0) >= 19:
+        pytest.skip("this process already runs at nice 19")
+    ripser = RipserProcess(low_priority=True)
+    try:
+        ripser.start()  # launched and niced by the parent, without waiting for the child
+        pid = ripser.pid
+        assert ripser.low_priority and _nice(pid) == 19
+        D, out = _distances(30, 3), []
+        t = threading.Thread(target=lambda: out.append(ripser(D, 1)))
+        t.start()  # waits on the niced child's start-up and its computation
+        for _ in range(6000):  # hang guard: the call takes the lock almost at once
+            if ripser._lock.locked() or out:
+                break
+            time.sleep(0.01)
+        if not ripser.prioritize():  # never waits for the call in flight
+            ripser.close()
+            pytest.skip("lowering a nice value is not permitted here")
+        assert _nice(pid) == _nice(0) and not ripser.low_priority
+        assert ripser.prioritize()  # idempotent
+        t.join(HANG)  # the call now runs at this process's priority
+        assert not t.is_alive() and ripser.pid == pid and ripser.launches == 1
+        for a, b in zip(out[0], ripser_in_process(D, 1)):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        ripser.close()
+
+
+@needs_priorities
+def test_a_child_launched_after_prioritize_starts_at_this_process_priority():
+    with RipserProcess(low_priority=True) as ripser:
+        assert ripser.prioritize() and not ripser.low_priority  # no child yet: nothing refused
+        ripser(_distances(10, 2), 1)
+        assert _nice(ripser.pid) == _nice(0)
+
+
+@needs_priorities
+def test_prioritize_reports_a_refusal_and_the_child_stays_niced(monkeypatch):
+    if _nice(0) >= 19:
+        pytest.skip("this process already runs at nice 19")
+    real = os.setpriority
+
+    def unprivileged(which, who, prio):  # lowering a nice value needs privilege
+        if prio < os.getpriority(which, who):
+            raise PermissionError(1, "Operation not permitted")
+        real(which, who, prio)
+
+    monkeypatch.setattr(os, "setpriority", unprivileged)
+    with RipserProcess(low_priority=True) as ripser:
+        ripser.start()  # no call: a niced child may get no CPU on a busy machine
+        assert ripser.prioritize() is False
+        assert ripser.low_priority and _nice(ripser.pid) == 19
+
+
+def test_a_low_priority_that_is_not_a_bool_raises():
+    with pytest.raises(ValueError, match=r"low_priority must be True or False, got 1"):
+        RipserProcess(low_priority=1)
+
+
+def test_a_child_launched_while_close_runs_is_stopped(monkeypatch, ripser):
+    # close() from another thread between the launch and its bookkeeping: no child survives
+    from geomonitor.topology import ripser_process
+
+    launched = []
+    real = ripser_process.subprocess.Popen
+
+    def popen_then_close(*args, **kwargs):
+        proc = real(*args, **kwargs)
+        launched.append(proc)
+        ripser.close()  # sees no child yet
+        return proc
+
+    monkeypatch.setattr(ripser_process.subprocess, "Popen", popen_then_close)
+    with pytest.raises(RuntimeError, match=r"RipserProcess is closed \(start\(\) reopens it\)"):
+        ripser(_distances(10, 2), 1)
+    assert len(launched) == 1 and launched[0].returncode is not None and ripser.pid is None

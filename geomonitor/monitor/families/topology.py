@@ -15,7 +15,10 @@ accelerator at these sizes) and on the activations' device above. giotto-ph, whi
 GIL while it computes, runs in a child process
 (:class:`~geomonitor.topology.ripser_process.RipserProcess`, created lazily at the first
 measurement and stopped by ``close``); the returned job, run by the engine's background
-thread, only waits on that child. The training thread never takes a lock the job holds.
+thread, only waits on that child. The training thread never takes a lock the job holds. The
+child runs at nice 19 while training runs; :meth:`TopologyFamily.prioritize` (called by
+``Monitor.close(wait=True)`` before it waits) brings it back to the training process's
+priority where the operating system permits.
 
 Cost: O(N² D) tensor work per layer on the training thread; giotto-ph (worst case cubic in
 the number of simplices on m landmarks) on another core, its CPU time reported as
@@ -82,6 +85,11 @@ class TopologyFamily(Family):
         if ripser is not None:
             ripser.close()
 
+    def prioritize(self) -> None:
+        ripser = self._ripser
+        if ripser is not None:
+            ripser.prioritize()  # where refused, Monitor.close bounds its wait instead
+
     def run(self, ctx: Context) -> Callable[[], Measurement]:
         from geomonitor.topology import prepare_diagrams
 
@@ -100,7 +108,8 @@ class TopologyFamily(Family):
             if self._ripser is None:
                 from geomonitor.topology.ripser_process import RipserProcess
 
-                self._ripser = RipserProcess()  # launched by its first call, in the job
+                # launched by its first call, in the job; nice 19 until prioritize()
+                self._ripser = RipserProcess(low_priority=True)
             solver = self._ripser
         log_diagrams = self.log_diagrams
         return lambda: _completed(prepared, errors, solver, log_diagrams)
