@@ -7,13 +7,21 @@
   linear head; input (B, T) token ids.
 * :func:`gpt2` -- Hugging Face ``GPT2LMHeadModel`` from a small ``GPT2Config``; input
   ``{"input_ids": (B, T), "labels": (B, T)}``.
+* :func:`cnn` -- a small 4-block CNN with BatchNorm (33.6k parameters); input (B, 3, 32, 32).
+* :func:`char_lm` -- the character transformer LM of ``recipes/transformer.py`` at
+  d_model 128, 4 blocks, 4 heads, context 64 (0.82M parameters at the 88 symbols of
+  :func:`char_corpus`); input (B, T) token ids, T <= 64.
+
+:func:`cnn_case` and :func:`char_lm_case` return ``(model, batch, probe, loss_fn)``: the model,
+a training batch of 64 samples, a probe set of 256 samples and ``loss_fn(model, batch)``.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-__all__ = ["resnet18", "transformer", "gpt2"]
+__all__ = ["resnet18", "transformer", "gpt2", "cnn", "char_lm", "cnn_case", "char_lm_case",
+           "char_corpus"]
 
 
 class _Block(nn.Module):
@@ -79,3 +87,117 @@ def gpt2(vocab: int = 256, d: int = 128, layers: int = 4, heads: int = 4, positi
 
     cfg = GPT2Config(vocab_size=vocab, n_embd=d, n_layer=layers, n_head=heads, n_positions=positions)
     return GPT2LMHeadModel(cfg)
+
+
+class SmallCNN(nn.Module):
+    """Four conv(3x3)-BatchNorm-ReLU-maxpool(2) blocks of widths 16/32/32/64 on a
+    (B, 3, 32, 32) input (32 -> 16 -> 8 -> 4 -> 2 pixels), global average pool, linear head to
+    ``num_classes`` (B, num_classes). Modules: ``blocks.0 ... blocks.3``, ``head``."""
+
+    def __init__(self, num_classes: int = 10, widths: tuple[int, ...] = (16, 32, 32, 64)) -> None:
+        super().__init__()
+        layers, cin = [], 3
+        for w in widths:
+            layers.append(nn.Sequential(nn.Conv2d(cin, w, 3, padding=1, bias=False),
+                                        nn.BatchNorm2d(w), nn.ReLU(), nn.MaxPool2d(2)))
+            cin = w
+        self.blocks = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.pool(self.blocks(x)), 1))
+
+
+def cnn(num_classes: int = 10) -> nn.Module:
+    """:class:`SmallCNN`: input (B, 3, 32, 32) float images, output (B, num_classes) logits;
+    33.6k parameters at 10 classes."""
+    return SmallCNN(num_classes)
+
+
+class CharLM(nn.Module):
+    """``recipes/transformer.py``'s ``CharTransformer`` as a plain ``nn.Module`` (same modules,
+    parameter names and forward; no Lightning): token + learned position embeddings,
+    ``n_layers`` pre-LN ``nn.TransformerEncoderLayer`` blocks (no dropout) under a causal mask,
+    final LayerNorm, linear head. Input (B, T) token ids with T <= context; output
+    (B, T, vocab) logits. Modules: ``embed``, ``blocks.layers.N``, ``norm``, ``head``."""
+
+    def __init__(self, vocab: int, d_model: int = 128, n_layers: int = 4, n_heads: int = 4,
+                 context: int = 64) -> None:
+        super().__init__()
+        self.context = context
+        self.embed = nn.Embedding(vocab, d_model)
+        self.pos = nn.Parameter(torch.randn(context, d_model) * 0.02)
+        block = nn.TransformerEncoderLayer(d_model, n_heads, 4 * d_model, dropout=0.0,
+                                           batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(block, n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab)
+        self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(context),
+                             persistent=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        T = idx.shape[1]
+        h = self.embed(idx) + self.pos[:T]
+        h = self.blocks(h, mask=self.causal[:T, :T], is_causal=True)
+        return self.head(self.norm(h))
+
+
+def char_lm(vocab: int) -> nn.Module:
+    """:class:`CharLM` at d_model 128, 4 blocks, 4 heads, context 64 (0.82M parameters at
+    ``vocab`` = 88, :func:`char_corpus`): input (B, T) int64 token ids in [0, vocab), T <= 64; output
+    (B, T, vocab) logits."""
+    return CharLM(vocab, d_model=128, n_layers=4, n_heads=4, context=64)
+
+
+def char_corpus() -> tuple[str, torch.Tensor, int]:
+    """``recipes/transformer.py``'s text (the source of the ``argparse`` module): the text, its
+    ids (characters sorted) and the vocabulary size."""
+    import argparse as text_source
+    import inspect
+
+    text = inspect.getsource(text_source)
+    chars = sorted(set(text))
+    index = {c: i for i, c in enumerate(chars)}
+    return text, torch.tensor([index[c] for c in text], dtype=torch.long), len(chars)
+
+
+def _windows(ids: torch.Tensor, context: int, n: int, gen: torch.Generator):
+    """``n`` windows at seeded random starts (the recipe's ``RandomWindows``): (n, T) inputs
+    and (n, T) next characters."""
+    starts = torch.randint(0, len(ids) - context - 1, (n,), generator=gen)
+    w = torch.stack([ids[s: s + context + 1] for s in starts.tolist()])
+    return w[:, :-1].contiguous(), w[:, 1:].contiguous()
+
+
+def _xent(model: nn.Module, batch) -> torch.Tensor:
+    logits = model(batch[0])
+    return nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[1].reshape(-1))
+
+
+def cnn_case(seed: int = 0, batch_size: int = 64, probe_size: int = 256):
+    """``(model, batch, probe, loss_fn)`` for :func:`cnn`: random images (B, 3, 32, 32) and
+    labels in [0, 10); the training batch has ``batch_size`` samples, the probe ``probe_size``."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = cnn()
+    batch = (torch.randn(batch_size, 3, 32, 32, generator=gen),
+             torch.randint(0, 10, (batch_size,), generator=gen))
+    probe = (torch.randn(probe_size, 3, 32, 32, generator=gen),
+             torch.randint(0, 10, (probe_size,), generator=gen))
+    return model, batch, probe, _xent
+
+
+def char_lm_case(seed: int = 0, batch_size: int = 64, probe_size: int = 256):
+    """``(model, batch, probe, loss_fn)`` for :func:`char_lm`: windows of 64 characters of
+    :func:`char_corpus` (90/10 split as in the recipe): the training batch, ``batch_size``
+    random windows of the training text; the probe, ``probe_size`` random held-out windows;
+    both ``(inputs (B, 64), next characters (B, 64))``."""
+    gen = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    _, ids, vocab = char_corpus()
+    cut = int(0.9 * len(ids))
+    model = char_lm(vocab)
+    batch = _windows(ids[:cut], 64, batch_size, gen)
+    probe = _windows(ids[cut:], 64, probe_size, gen)
+    return model, batch, probe, _xent

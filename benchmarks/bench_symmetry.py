@@ -14,7 +14,7 @@ one-time :func:`~geomonitor.symmetry.find_pairs`):
   collapse at the classifier);
 * ``family, no weight ranks``: the same with ``weight_ranks=False``;
 
-and the full SVD (``torch.linalg.svdvals``) of an n x n matrix against the power-iteration
+and the full SVD (``torch.linalg.svdvals``) of an n x n matrix against the Lanczos
 top singular value the family uses above ``max_svd_size``. Prints a markdown table with the
 machine and the command.
 
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> None:
               f"{r['family'] / r['step']:.1f}x | {r['family, no weight ranks'] * 1e3:.1f} ms |",
               flush=True)
     if args.svd_sizes:
-        print("\n| n | svdvals (n x n) | power iteration (top singular value) |")
+        print("\n| n | svdvals (n x n) | Lanczos (top singular value) |")
         print("|---|---|---|")
         for n in args.svd_sizes:
             full, power = bench_svd(n, args.device, max(1, args.repeats // 2))

@@ -10,8 +10,9 @@
   n), measured 10x faster than ``svdvals`` at 256 x 4096 on the CPU; in float64 the squared
   spectrum loses only singular values below ~1e-8 x s_1 (absolute error <= ~1e-8 s_1), which
   the entropy-based ranks cannot see;
-* :func:`top_singular_value` -- the largest singular value by power iteration on ``M^T M``,
-  for matrices too large for a full SVD (a seeded ``torch.Generator`` draws the start).
+* :func:`top_singular_value` -- the largest singular value by Lanczos on the Gram operator
+  (``M^T M`` or ``M M^T``, the smaller), for matrices too large for a full SVD and for the
+  stable rank, which needs nothing else (a seeded ``torch.Generator`` draws the start).
 """
 from __future__ import annotations
 
@@ -86,27 +87,59 @@ def singular_values(M: torch.Tensor, name: str = "M") -> torch.Tensor:
                      "values, also in float64 on the CPU")
 
 
-def top_singular_value(M: torch.Tensor, generator: torch.Generator, *, n_iter: int = 100,
-                       tol: float = 1e-6) -> float:
-    """Largest singular value of ``M`` (m, n) by power iteration on ``M^T M``.
+def top_singular_value(M: torch.Tensor, generator: torch.Generator, *, max_iter: int = 300,
+                       tol: float = 1e-10) -> float:
+    """Largest singular value of ``M`` (m, n) by Lanczos on the Gram operator of the short side.
 
-    Starts from a Gaussian vector drawn with ``generator`` (on the CPU, then moved), and stops
-    when the estimate changes by less than ``tol`` (relative) or after ``n_iter`` iterations.
-    The estimate is a lower bound that converges at rate (sigma_2/sigma_1)^2 per iteration.
-    Cost: O(m n) per iteration. A zero matrix gives 0.0.
+    Lanczos (with full reorthogonalisation, in float64) on ``G = M^T M`` (n <= m) or ``M M^T``
+    (m < n), applied as two matrix-vector products with ``M``, from a Gaussian start vector
+    drawn with ``generator`` (on the CPU, then moved to ``M``'s device). After j steps the
+    largest eigenvalue theta of the tridiagonal matrix is a lower bound of ``sigma_max^2``
+    and some eigenvalue of G lies within the residual ``beta_j |y_j|`` of it (y: theta's
+    eigenvector); iteration stops when that residual is at most ``tol * theta`` (relative error
+    of ``sigma_max`` about ``tol / 2``), after ``min(m, n)`` steps (the Krylov space is then
+    the whole space: exact up to rounding) or after ``max_iter`` steps. Lanczos converges
+    much faster than the power iteration when sigma_1 and sigma_2 are close (random-like
+    weights: 30-60 steps for ``tol = 1e-10`` at 4096 x 4096).
+
+    Cost: 2 m n flops per step for the products plus O(min(m, n) j) for the
+    reorthogonalisation; memory ``(j + 1) * min(m, n)`` float64 values. A zero matrix gives
+    0.0.
+
+    Raises:
+        ValueError: ``max_iter`` not a positive int, ``tol`` not in (0, 1).
     """
-    v = torch.randn(M.shape[1], generator=generator, dtype=torch.float64).to(M.device, M.dtype)
-    v = v / v.norm()
-    sigma = 0.0
-    for _ in range(n_iter):
-        u = M @ v
-        w = M.T @ u
-        nw = float(w.norm())
-        if nw == 0.0:
-            return float(u.norm())
-        new = float(u.norm())
-        v = w / nw
-        if abs(new - sigma) <= tol * max(new, 1e-300):
-            return new
-        sigma = new
-    return sigma
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"max_iter must be a positive int, got {max_iter!r}")
+    if isinstance(tol, bool) or not isinstance(tol, (int, float)) or not 0 < tol < 1:
+        raise ValueError(f"tol must be a number in (0, 1), got {tol!r}")
+    A = M.detach().to(torch.float64)
+    m, n = A.shape
+    k = min(m, n)
+    if n <= m:
+        def op(v: torch.Tensor) -> torch.Tensor:
+            return A.T @ (A @ v)
+    else:
+        def op(v: torch.Tensor) -> torch.Tensor:
+            return A @ (A.T @ v)
+    q = torch.randn(k, generator=generator, dtype=torch.float64).to(A.device)
+    Q = torch.empty(min(max_iter, k) + 1, k, dtype=torch.float64, device=A.device)
+    Q[0] = q / q.norm()
+    alphas: list[float] = []
+    betas: list[float] = []
+    theta = 0.0
+    for j in range(min(max_iter, k)):
+        w = op(Q[j])
+        alphas.append(float(w @ Q[j]))
+        basis = Q[: j + 1]
+        for _ in range(2):  # full reorthogonalisation, twice is enough (Parlett)
+            w = w - basis.T @ (basis @ w)
+        beta = float(w.norm())
+        T = np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1)
+        ev, vec = np.linalg.eigh(T)
+        theta = max(float(ev[-1]), 0.0)
+        if beta * abs(float(vec[-1, -1])) <= tol * theta or beta <= 1e-300 or theta == 0.0:
+            break
+        betas.append(beta)
+        Q[j + 1] = w / beta
+    return theta ** 0.5

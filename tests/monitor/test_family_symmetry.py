@@ -294,3 +294,56 @@ def test_argument_errors(kw, match):
         SymmetryFamily(Every(n_steps=1), **kw)
     with pytest.raises(ValueError, match=r"schedule must be an Every, got 5"):
         SymmetryFamily(5)
+
+
+class _Counting(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, x):
+        self.calls += 1
+        return self.net(x)
+
+
+@pytest.mark.parametrize("shared_first", [False, True])
+def test_hooks_ride_on_the_shared_activation_forward(shared_first):
+    """A warm measurement costs one forward: the engine's shared one, with the dead-unit and
+    classifier hooks on. When another family already ran it at this step, the family runs its
+    own; the numbers are the same either way, and match a hand computation."""
+    torch.manual_seed(0)
+    net = _Counting(nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 3)).double())
+    with torch.no_grad():
+        net.net[0].bias[[1, 4, 8]] = -50.0
+    x, y = _digits_like()
+    fam = SymmetryFamily(Every(n_steps=1))
+    first = fam.run(_ctx(net, (x, y), layers=["net.1"]))  # find_pairs: its own forwards
+    ctx = _ctx(net, (x, y), layers=["net.1"], step=2)
+    if shared_first:
+        ctx.activations()
+    net.calls = 0
+    m = fam.run(ctx)
+    # not shared first: the shared forward is the family's only one; shared first: its own
+    assert net.calls == 1 and ctx.activations() is ctx.activations() and net.calls == 1
+    assert m.errors == [] and m.metrics == first.metrics
+    h1 = np.maximum(_np(x) @ _np(net.net[0].weight).T + _np(net.net[0].bias), 0)
+    dead = (h1.max(0) == 0).mean()
+    assert m.metrics[metric_key("symmetry", "net.0", "dead_fraction")] == pytest.approx(dead) and dead >= 0.3
+    assert metric_key("neural_collapse", "net.2", "nc1") in m.metrics
+
+
+def test_a_failing_shared_forward_falls_back_and_fails_the_rankme_item_only_once_raised():
+    net = nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 3)).double()
+    x, y = _digits_like()
+    fam = SymmetryFamily(Every(n_steps=1))
+    fam.run(_ctx(net, (x, y)))
+
+    def broken():
+        raise RuntimeError("capture broke")
+
+    ctx = Context(net, 2, (x, y), broken, forward=lambda m, b: m(b[0]))
+    with pytest.raises(RuntimeError, match="capture broke"):
+        fam.run(ctx)  # as before: the activations the family reads fail the measurement
+    fam2 = SymmetryFamily(Every(n_steps=1), activation_ranks=False)
+    m = fam2.run(Context(net, 2, (x, y), broken, forward=lambda m, b: m(b[0])))
+    assert m.errors == [] and metric_key("symmetry", "0", "dead_fraction") in m.metrics

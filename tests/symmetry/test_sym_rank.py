@@ -113,11 +113,70 @@ def test_svd_with_non_finite_values_twice_is_reported(monkeypatch):
         rankme(torch.ones(3, 2))
 
 
-def test_power_iteration_top_singular_value():
+def test_lanczos_top_singular_value():
     M = _with_singular_values([5.0, 2.0, 1.0], m=40, n=30)
     g = torch.Generator().manual_seed(0)
-    assert _linalg.top_singular_value(M, g) == pytest.approx(5.0, rel=1e-5)
+    assert _linalg.top_singular_value(M, g) == pytest.approx(5.0, rel=1e-12)
     assert _linalg.top_singular_value(torch.zeros(3, 2), g) == 0.0
+
+
+@pytest.mark.parametrize("shape", [(300, 200), (200, 300), (257, 257), (64, 1), (1, 64)])
+def test_lanczos_matches_a_dense_float64_svd_on_gaussian_matrices(shape):
+    """Gaussian matrices: sigma_1 and sigma_2 close (the Marchenko-Pastur edge), where the power
+    iteration is slow; Lanczos still reaches the float64 SVD's sigma_max to ~1e-10."""
+    M = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    ref = np.linalg.svd(M.double().numpy(), compute_uv=False)
+    got = _linalg.top_singular_value(M, torch.Generator().manual_seed(2))
+    assert got == pytest.approx(ref[0], rel=1e-9)
+    assert got <= ref[0] * (1 + 1e-12)  # a Ritz value: a lower bound up to rounding
+
+
+def test_lanczos_separates_a_close_pair_and_is_seeded():
+    M = _with_singular_values([1.0, 1.0 - 1e-6, 0.5, 0.1], m=120, n=90, seed=3)
+    g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    a, b = _linalg.top_singular_value(M, g1), _linalg.top_singular_value(M, g2)
+    assert a == b == pytest.approx(1.0, rel=1e-10)
+    rng = torch.get_rng_state()
+    _linalg.top_singular_value(M, g1)
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_lanczos_stops_at_max_iter_with_a_lower_bound():
+    M = torch.randn(400, 400, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    s1 = float(np.linalg.svd(M.numpy(), compute_uv=False)[0])
+    one = _linalg.top_singular_value(M, torch.Generator().manual_seed(0), max_iter=1)
+    few = _linalg.top_singular_value(M, torch.Generator().manual_seed(0), max_iter=5)
+    assert one < few < s1 and few < s1 * (1 - 1e-4)  # not converged: a strict lower bound
+
+
+@pytest.mark.parametrize("kw,match", [
+    ({"max_iter": 0}, r"max_iter must be a positive int, got 0"),
+    ({"max_iter": 2.5}, r"max_iter must be a positive int, got 2.5"),
+    ({"tol": 0.0}, r"tol must be a number in \(0, 1\), got 0.0"),
+    ({"tol": True}, r"tol must be a number in \(0, 1\), got True"),
+])
+def test_lanczos_argument_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _linalg.top_singular_value(torch.eye(3), torch.Generator(), **kw)
+
+
+@pytest.mark.parametrize("shape", [(200, 150), (150, 200), (16, 8, 3, 3), (1, 30)])
+def test_stable_rank_matches_dense_svd_without_an_svd(shape, monkeypatch):
+    M = torch.randn(*shape, generator=torch.Generator().manual_seed(4))
+    s = np.linalg.svd(M.reshape(shape[0], -1).double().numpy(), compute_uv=False)
+
+    def no_svd(*_a, **_k):
+        raise AssertionError("stable_rank must not run an SVD")
+
+    monkeypatch.setattr(torch.linalg, "svdvals", no_svd)
+    monkeypatch.setattr(torch.linalg, "svd", no_svd)
+    monkeypatch.setattr(torch.linalg, "eigvalsh", no_svd)
+    assert stable_rank(M) == pytest.approx((s ** 2).sum() / s[0] ** 2, rel=1e-9)
+    g = torch.Generator().manual_seed(5)
+    assert stable_rank(M, generator=g, tol=1e-3) == pytest.approx((s ** 2).sum() / s[0] ** 2, rel=2e-3)
+    assert stable_rank(M.half()) == pytest.approx((s ** 2).sum() / s[0] ** 2, rel=1e-2)
+    with pytest.raises(ValueError, match=r"tol must be a number in \(0, 1\), got 2"):
+        stable_rank(M, tol=2)
 
 
 @pytest.mark.parametrize("fn,args,match", [

@@ -35,16 +35,19 @@ model's head on (N, T, D) token features gets no neural collapse). The skipped p
 reasons are in :attr:`SymmetryFamily.structure`.
 
 Effective rank needs a full SVD: a weight whose smaller side exceeds ``max_svd_size`` (default
-1024) gets its stable rank from a power iteration (seeded generator owned by the family) and
-no effective rank. Measured on one CPU thread (``benchmarks/bench_symmetry.py``): ``svdvals``
-of an n x n matrix 0.45 s at n = 1024 and 4.2 s at n = 2048, the power iteration 0.04 s and
-0.42 s.
+1024) gets its stable rank from ``sigma_max`` by Lanczos on ``W^T W``
+(:func:`geomonitor.symmetry._linalg.top_singular_value`, relative tolerance 1e-10, start
+vector from a seeded generator owned by the family) and no effective rank. Measured on one
+CPU thread (``benchmarks/bench_symmetry.py``): ``svdvals`` of an n x n matrix 0.45 s at
+n = 1024 and 4.2 s at n = 2048; Lanczos on a Gaussian n x n matrix (the hard case, sigma_1
+close to sigma_2) 0.12 s at n = 1024, 0.6 s at n = 2048, 2.9 s at n = 4096 (137 steps).
 
-Cost per measurement: one extra eval-mode, no-grad forward on the probe batch (the inputs of
-the ``b`` layers and of the classifier, reduced in the hooks to one value per unit), the
-engine's shared activation forward, one SVD per weight and per selected layer's (N, D)
-activations, and two hidden x hidden Gram matrices per pair; the first measurement adds the
-two forwards of :func:`find_pairs`. On the training thread (weights change while training
+Cost per measurement: the engine's shared activation forward on the probe batch, during which
+pre-hooks read the inputs of the ``b`` layers and of the classifier (reduced in the hooks to
+one value per unit) -- a forward of its own only when another family already ran the shared
+one at this step -- one SVD per weight and per selected layer's (N, D) activations, and two
+hidden x hidden Gram matrices per pair; the first measurement adds the two forwards of
+:func:`find_pairs`. On the training thread (weights change while training
 continues); the model, its modes and every RNG stream are left as they were.
 
 Example:
@@ -83,12 +86,12 @@ class SymmetryFamily(Family):
         schedule: when to measure.
         duplicate_threshold: cosine above which two units count as copies, in (0, 1).
         max_svd_size: largest smaller side of a weight matrix that gets a full SVD
-            (effective rank); larger ones get a power-iteration stable rank only. ``None``:
+            (effective rank); larger ones get a Lanczos stable rank only. ``None``:
             always a full SVD.
         rankme_eps: RankMe's epsilon (Garrido et al. 2023 use 1e-7).
         weight_ranks, activation_ranks, collapse: switch the rank of the weights, RankMe of
             the selected layers and neural collapse on or off.
-        seed: seed of the generator used by the power iteration.
+        seed: seed of the generator drawing Lanczos' start vectors.
 
     Raises:
         ValueError: a bad argument (named, with its value).
@@ -145,7 +148,8 @@ class SymmetryFamily(Family):
         st = self.structure
         modules = dict(model.named_modules())
         out = Measurement()
-        dead, features = self._capture(model, modules, st, forward, ctx.labels() is not None)
+        dead, features = self._capture(model, modules, st, forward, ctx.labels() is not None,
+                                       ctx.activations)
         for p in st.pairs:
             self._item(out, p.a, lambda p=p: self._pair(out, modules, p, dead.get(p.b)))
         if self.weight_ranks:
@@ -170,16 +174,23 @@ class SymmetryFamily(Family):
 
     def _capture(self, model: nn.Module, modules: Mapping[str, nn.Module], st: Structure,
                  forward: Callable[[], Any], want_features: bool,
+                 shared: Callable[[], Any] | None = None,
                  ) -> tuple[dict[str, torch.Tensor | Exception], torch.Tensor | None]:
-        """One forward: the dead-unit mask at each pair's ``b`` input, the classifier input."""
+        """The dead-unit mask at each pair's ``b`` input and the classifier input, read by
+        pre-hooks during the engine's shared activation forward (``shared()``, i.e.
+        ``ctx.activations()``: eval mode, no grad, RNG forked, as :func:`inference`). When that
+        forward already ran at this step (another family asked first) or no ``shared`` is
+        given, the hooks get a forward of their own under :func:`inference`."""
         dead: dict[str, torch.Tensor | Exception] = {}
         feats: dict[str, torch.Tensor] = {}
         handles = []
+        fired: list[bool] = []
 
         def at_input(p: Any) -> Callable[..., None]:
             b = modules[p.b]
 
             def hook(_m: nn.Module, args: tuple[Any, ...]) -> None:
+                fired.append(True)
                 x = args[0]
                 try:
                     if isinstance(b, nn.modules.conv._ConvNd):
@@ -193,6 +204,7 @@ class SymmetryFamily(Family):
             return hook
 
         def at_classifier(_m: nn.Module, args: tuple[Any, ...]) -> None:
+            fired.append(True)
             x = args[0]
             if isinstance(x, torch.Tensor) and x.dim() == 2:
                 feats["x"] = x.detach()
@@ -205,7 +217,12 @@ class SymmetryFamily(Family):
                 handles.append(modules[p.b].register_forward_pre_hook(at_input(p)))
             if use_clf:
                 handles.append(clf.register_forward_pre_hook(at_classifier))
-            if handles:
+            if handles and shared is not None:
+                try:
+                    shared()  # runs the shared forward with the hooks on, unless it already ran
+                except Exception:  # noqa: BLE001 - the own forward below; RankMe reports it
+                    fired.clear()
+            if handles and not fired:
                 with inference(model):
                     forward()
         finally:
@@ -257,7 +274,7 @@ class SymmetryFamily(Family):
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The power-iteration generator's state (the pairs are recomputed from the model)."""
+        """The Lanczos generator's state (the pairs are recomputed from the model)."""
         return {"generator": self.generator.get_state()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

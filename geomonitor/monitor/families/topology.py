@@ -3,7 +3,10 @@
 Diagrams by giotto-ph (Pérez, Hess et al. 2021, "giotto-ph: A Python Library for
 High-Performance Computation of Persistent Homology of Vietoris–Rips Filtrations") on at
 most ``n_landmarks`` maxmin landmarks (first landmark seeded by ``seed + step``), exact H0 on
-all points; summaries from :func:`geomonitor.topology.summarize`. Topology of
+all points up to ``exact_h0_max_points`` points (default 2048; the default probe set has 256)
+and H0 of the landmarks above (the H0 summaries then describe the landmark cloud, within
+bottleneck distance ``2 * hausdorff_radius`` of the full cloud's H0, like H1; the keys do not
+change); summaries from :func:`geomonitor.topology.summarize`. Topology of
 representations along depth and training: Naitzat, Zhitnikov & Lim 2020 ("Topology of deep
 neural networks", JMLR). Keys: ``geometry/ph/<layer>/<summary>`` and, for W&B, the diagram
 ``geometry/ph/<layer>/diagram``.
@@ -20,9 +23,10 @@ child runs at nice 19 while training runs; :meth:`TopologyFamily.prioritize` (ca
 ``Monitor.close(wait=True)`` before it waits) brings it back to the training process's
 priority where the operating system permits.
 
-Cost: O(N² D) tensor work per layer on the training thread; giotto-ph (worst case cubic in
-the number of simplices on m landmarks) on another core, its CPU time reported as
-``background_cpu``.
+Cost: O(N² D) tensor work per layer on the training thread (the exact H0's spanning tree
+is most of it: above ``exact_h0_max_points`` only the landmarks' O(N m D) and O(m² D) remain);
+giotto-ph (worst case cubic in the number of simplices on m landmarks) on another core, its
+CPU time reported as ``background_cpu``.
 
 Example:
     >>> fam = TopologyFamily(Every(n_epochs=1), n_landmarks=128)
@@ -57,6 +61,9 @@ class TopologyFamily(Family):
         log_diagrams: also hand the diagrams to the sink (W&B table and scatter plot).
         solver: ``solver(D, maxdim) -> diagrams`` instead of the giotto-ph child process
             (e.g. ``geomonitor.topology.ripser_process.ripser_in_process``).
+        exact_h0_max_points: largest probe set whose H0 is exact on every point; a larger one
+            gets H0 of its landmarks (from giotto-ph, off the training thread). ``None``:
+            always exact. With ``n_landmarks=None`` H0 is always exact.
     """
 
     name = "topology"
@@ -64,7 +71,8 @@ class TopologyFamily(Family):
 
     def __init__(self, schedule: Every, *, maxdim: int = 1, n_landmarks: int | None = 128,
                  seed: int = 0, log_diagrams: bool = True,
-                 solver: Callable[[np.ndarray, int], Any] | None = None) -> None:
+                 solver: Callable[[np.ndarray, int], Any] | None = None,
+                 exact_h0_max_points: int | None = 2048) -> None:
         super().__init__(schedule)
         if maxdim not in (0, 1) or isinstance(maxdim, bool):
             raise ValueError(f"maxdim must be 0 or 1, got {maxdim!r}")
@@ -73,6 +81,12 @@ class TopologyFamily(Family):
             raise ValueError(f"n_landmarks must be an int >= 3 or None, got {n_landmarks!r}")
         if solver is not None and not callable(solver):
             raise ValueError(f"solver must be callable or None, got {solver!r}")
+        if exact_h0_max_points is not None and (
+                isinstance(exact_h0_max_points, bool) or not isinstance(exact_h0_max_points, int)
+                or exact_h0_max_points < 2):
+            raise ValueError(f"exact_h0_max_points must be an int >= 2 or None, got "
+                             f"{exact_h0_max_points!r}")
+        self.exact_h0_max_points = exact_h0_max_points
         self.maxdim = maxdim
         self.n_landmarks = n_landmarks
         self.seed = seed
@@ -99,12 +113,16 @@ class TopologyFamily(Family):
                 if X.shape[0] <= CPU_MAX_POINTS:
                     X = X.cpu()  # no-op on the CPU
                 gen = torch.Generator().manual_seed(self.seed + ctx.step)
+                exact = (self.n_landmarks is None or self.exact_h0_max_points is None
+                         or X.shape[0] <= self.exact_h0_max_points)
                 prepared[layer] = prepare_diagrams(X, maxdim=self.maxdim,
-                                                   n_landmarks=self.n_landmarks, generator=gen)
+                                                   n_landmarks=self.n_landmarks, generator=gen,
+                                                   exact_h0=exact)
             except Exception as exc:  # noqa: BLE001 - one layer's failure is reported
                 errors.append(exc)
         solver = self.solver
-        if solver is None and self.maxdim > 0:
+        if solver is None and (self.maxdim > 0 or any(p.distances is not None
+                                                      for p in prepared.values())):
             if self._ripser is None:
                 from geomonitor.topology.ripser_process import RipserProcess
 
