@@ -151,6 +151,7 @@ class Monitor:
         self.cap = CostCap(max_overhead, clock)
         self._total_steps = total_steps
         self.periods = Periods({f.name: f.schedule for f in families})
+        self._planned = False
         self._cpu_clock = cpu_clock or time.thread_time
         self._broadcast = broadcast or torch_broadcast
         self._selector = LayerSelector(layers, reduce=reduce)
@@ -208,7 +209,7 @@ class Monitor:
         if due:
             self._measure(due, step, epoch if epoch_end else None)
         self._drain()
-        if due or epoch_end or self.cap.spent != spent:
+        if self.cap.spent != spent or (due and not self._planned):
             self._replan(step)
         return self._deliver()
 
@@ -386,8 +387,12 @@ class Monitor:
         if self.cap.fraction is not None:  # rank 0 decides, and its plan holds, on every rank
             states, stretch = self._broadcast([states, dict(self.periods.stretch)])
             self._adopt(step, self.periods.adopt(stretch))
-        due = [f for f, state in zip(due, states) if state != "off"]
-        allowed = [state == "run" for state in states if state != "off"]
+        kept = []  # what runs, and the first skip of each point (counted once)
+        for f, state in zip(due, states):
+            if state != "off" and (self.periods.mark(f.name, step, epoch, ran=state == "run")
+                                   or state == "run"):
+                kept.append((f, state == "run"))
+        due, allowed = [f for f, _ in kept], [ok for _, ok in kept]
         batch = self._probe.batch if self._probe is not None else None
         model, forward = self.model, self.forward_fn
 
@@ -435,6 +440,7 @@ class Monitor:
                 self._emit(name, step, measurement)
 
     def _replan(self, step: int) -> None:
+        self._planned = self.cap.step_time() > 0  # else: again at the next due step
         if _rank() == 0:  # other ranks take rank 0's plan with its decisions (_measure)
             self._adopt(step, self.periods.update(self.cap.plan(self.periods.asked_all())))
 

@@ -3,18 +3,23 @@
 A family asks for a period (its :class:`~geomonitor.monitor.schedule.Every`: ``n_steps``, or
 ``n_epochs`` epochs, counted in steps once the first epoch has ended). The cap
 (:meth:`geomonitor.monitor.cost.CostCap.plan`) answers with a period that is a whole
-multiple ``m`` of it; the family is then due at step ``s`` when ``n_steps * m`` divides ``s``
-(at the end of epoch ``e`` when ``n_epochs * m`` divides ``e + 1``), so a stretched schedule
-keeps the asked steps, only fewer of them. A change of plan takes effect at the next
-multiple of the new period; nothing is shifted.
+multiple ``m`` of it. The family is then due at an asked step ``s`` (a multiple of
+``n_steps``) when ``s - last >= n_steps * m``, ``last`` being the step at which it was last
+measured (at the end of an asked epoch ``e`` when ``e - last_epoch >= n_epochs * m``). So
+the points stay on the asked steps, a period counts from the previous point (a change of
+plan never bunches or drops points), and the first occurrence always comes. A point the
+cap's guard skips is asked again at each asked step until it runs (one skip counted).
 
 Example:
     >>> from geomonitor.monitor.schedule import Every
     >>> p = Periods({"id": Every(n_steps=10)})
-    >>> p.update({"id": 30})                       # the plan: every 30 steps
-    {'id': 30}
-    >>> [s for s in range(1, 100) if p.due("id", s)]
-    [30, 60, 90]
+    >>> due = []
+    >>> for s in range(1, 100):
+    ...     if p.due("id", s):
+    ...         due.append(s); p.mark("id", s)
+    ...         if s == 10: _ = p.update({"id": 30})  # the plan after the first point
+    >>> due
+    [10, 40, 70]
 """
 from __future__ import annotations
 
@@ -36,6 +41,9 @@ class Periods:
     def __init__(self, schedules: Mapping[str, Every]) -> None:
         self.schedules = dict(schedules)
         self.stretch = {name: 1 for name in self.schedules}
+        self.last: dict[str, int] = {}          # step of the last point (measured or skipped)
+        self.last_epoch: dict[str, int] = {}    # epoch of the last point at an epoch end
+        self.waiting: set[str] = set()          # skipped by the guard, asked again
         self.steps_per_epoch: float | None = None
 
     def epoch_end(self, step: int, epoch: int) -> None:
@@ -61,8 +69,26 @@ class Periods:
         """Whether ``name`` is due at ``step`` (or, with ``epoch``, at that epoch's end)."""
         sched, m = self.schedules[name], self.stretch[name]
         if epoch is not None:
-            return sched.due_epoch(epoch) and (epoch + 1) % (sched.n_epochs * m) == 0
-        return sched.due_step(step) and step % (sched.n_steps * m) == 0
+            last = self.last_epoch.get(name)
+            return sched.due_epoch(epoch) and (last is None or epoch - last >= sched.n_epochs * m)
+        last = self.last.get(name)
+        return sched.due_step(step) and (last is None or step - last >= sched.n_steps * m)
+
+    def mark(self, name: str, step: int, epoch: int | None = None, *, ran: bool = True) -> bool:
+        """A point of ``name`` at ``step`` (at ``epoch``'s end) was measured (``ran``), or
+        skipped by the cap's guard: then it is asked again at the next asked step, and the
+        period counts from the point that runs. Returns whether this is the first skip of
+        that point (the skip that is counted)."""
+        if not ran:
+            first = name not in self.waiting
+            self.waiting.add(name)
+            return first
+        self.waiting.discard(name)
+        if epoch is not None:
+            self.last_epoch[name] = epoch
+        else:
+            self.last[name] = step
+        return False
 
     def update(self, planned: Mapping[str, int]) -> dict[str, int]:
         """Take the plan's periods (in steps); returns those in force that changed."""
@@ -84,11 +110,14 @@ class Periods:
         return {n: a for n in self.schedules if (a := self.asked(n)) is not None}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"stretch": dict(self.stretch), "steps_per_epoch": self.steps_per_epoch}
+        return {"stretch": dict(self.stretch), "last": dict(self.last),
+                "last_epoch": dict(self.last_epoch), "steps_per_epoch": self.steps_per_epoch}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for name, m in state.get("stretch", {}).items():
             if name in self.stretch:
                 self.stretch[name] = max(1, int(m))
+        for attr in ("last", "last_epoch"):
+            setattr(self, attr, {n: int(v) for n, v in state.get(attr, {}).items() if n in self.stretch})
         spe = state.get("steps_per_epoch")
         self.steps_per_epoch = None if spe is None else float(spe)

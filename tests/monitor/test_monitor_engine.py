@@ -149,16 +149,19 @@ def _wait_idle(monitor: Monitor) -> None:
 
 def _simulate(schedules: dict[str, tuple[int, float, float]], fraction: float, n_steps: int,
               dt: float) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
-    """The rule, step by step: ``dt`` seconds of training before each step; the families due
-    at a step (by the periods in force) are asked in order, each seeing what the ones before
-    it spent; a background job is collected at the next step, after that step's decisions;
-    the periods are planned again after every step whose spending changed.
+    """The rule, step by step: ``dt`` seconds of training before each step; a family is due
+    at a multiple of its asked period once the period in force has passed since its last
+    run; the due families are asked in order, each seeing what the ones before it spent; a
+    point the guard skips is asked again at the next asked step (one skip counted); a
+    background job is collected at the next step, after that step's decisions; the periods
+    are planned again after every step whose spending changed.
     ``schedules``: name -> (every, thread cost, background cost or 0 for a sync family)."""
     ref, t = ReferenceRule(fraction), 0.0
     runs: dict[str, list[int]] = {f: [] for f in schedules}
     skips: dict[str, list[int]] = {f: [] for f in schedules}
     asked = {f: every for f, (every, _, _) in schedules.items()}
     period = dict(asked)
+    waiting: set[str] = set()
     in_flight: list[tuple[str, float]] = []
     for s in range(1, n_steps + 1):
         t += dt
@@ -167,11 +170,14 @@ def _simulate(schedules: dict[str, tuple[int, float, float]], fraction: float, n
         spent = ref.spent()
         submitted = []
         for f, (every, cost, background) in schedules.items():
-            if s % period[f]:
+            if s % every or (runs[f] and s - runs[f][-1] < period[f]):
                 continue
             if not ref.allows(f, t):
-                skips[f].append(s)
+                if f not in waiting:
+                    skips[f].append(s)
+                waiting.add(f)
                 continue
+            waiting.discard(f)
             runs[f].append(s)
             ref.charge(f, cost)
             t += cost
@@ -246,25 +252,26 @@ def test_random_schedules_and_costs_skip_where_the_rule_says(seed):
 def test_the_hand_computed_schedule():
     # every 20 steps, 10 s each, 1 s of training per step, share 0.25; the clock starts at the
     # first step, so at step s training is s - 1 s. Step 20 runs (first): 10 s = 10 steps of
-    # 1 s, and 10 / T <= 0.25 needs T = 40: every 40 steps. The guard, spent + 10 <=
-    # (s - 1) / 4: 20 <= 9.75 (40), 19.75 (80) no; 29.75 (120) yes; spent 20: 30 <= 39.75
-    # (160) yes; spent 30: 40 <= 49.75 (200) yes.
+    # 1 s, and 10 / T <= 0.25 needs T = 40: due again at 60. The guard, spent + 10 <=
+    # (s - 1) / 4: 20 <= 14.75 (60) no: one skip, asked again at 80 (19.75, no, not counted
+    # again) and 100 (24.75) yes; then 140 (30 <= 34.75) and 180 (40 <= 44.75).
     runs, skips, mon, rec = _check_against_the_rule({"a": (20, 10.0, 0.0)}, 0.25, 200, 1.0)
-    assert runs["a"] == [20, 120, 160, 200]
-    assert skips["a"] == [40, 80]
+    assert runs["a"] == [20, 100, 140, 180]
+    assert skips["a"] == [60]
     assert rec.values(metric_key("period", "a")) == [(20, 40.0)]
     assert mon.periods.in_force("a") == 40
 
 
 def test_families_due_at_the_same_step_are_asked_in_turn():
     # a and b every 10 steps, 4 s each, 1 s steps, share 0.4: both run at step 10 (first);
-    # 8 steps of cost per round need T = 20. At 20 (spent 8, training 19 s) both are skipped
-    # (12 > 7.6). At 40 (training 39 s) a runs (12 <= 15.6), and b, asked after a has spent
-    # its 4 s, is skipped (16 > 15.6): "spent so far" includes a's measurement at this step.
+    # 8 steps of cost per round need T = 20: due at 30. At 30 (spent 8, training 29 s) a runs
+    # (12 <= 11.6? no: both skip, asked again at 40). At 40 (training 39 s) a runs
+    # (12 <= 15.6), and b, asked after a has spent its 4 s, is skipped (16 > 15.6): "spent so
+    # far" includes a's measurement at this step; b waits for the next asked step.
     schedules = {"a": (10, 4.0, 0.0), "b": (10, 4.0, 0.0)}
     runs, skips, mon, _ = _check_against_the_rule(schedules, 0.4, 100, 1.0)
-    assert runs["a"] == [10, 40, 60, 80, 100] and runs["b"] == [10, 60, 80, 100]
-    assert skips["b"] == [20, 40]
+    assert runs["a"] == [10, 40, 60, 80, 100] and runs["b"] == [10, 50, 70, 90]
+    assert skips["a"] == [30] and skips["b"] == [30]
 
 
 # -- the first measurement of every family always runs ----------------------------------
@@ -810,7 +817,7 @@ def test_a_family_needing_the_loss_without_loss_fn_is_disabled_with_one_warning(
 
 def test_the_default_sharpness_family_without_loss_fn_is_disabled():
     with pytest.warns(MonitorWarning, match=r"sharpness is disabled: it needs the training loss"):
-        mon = Monitor(_model(), probe=_probe_data(), topology_every_n_epochs=None, max_overhead=None)
+        mon = Monitor(_model(), probe=_probe_data(), topology_every_n_steps=None, max_overhead=None)
     assert [(f.name, f.enabled) for f in mon.families] == [
         ("id", True), ("sharpness", False), ("neural_persistence", True), ("symmetry", True)]
     mon.close()
