@@ -151,7 +151,7 @@ class Monitor:
         self.cap = CostCap(max_overhead, clock)
         self._total_steps = total_steps
         self.periods = Periods({f.name: f.schedule for f in families})
-        self._planned = False
+        self._ran = False
         self._cpu_clock = cpu_clock or time.thread_time
         self._broadcast = broadcast or torch_broadcast
         self._selector = LayerSelector(layers, reduce=reduce)
@@ -205,11 +205,11 @@ class Monitor:
             self.periods.epoch_end(step, epoch)
         due = [f for f in self.families if f.enabled and self._last.get(f.name) != step
                and (f.schedule.due_epoch(epoch) if epoch_end else f.schedule.due_step(step))]
-        spent = self.cap.spent
+        self._ran = False
         if due:
             self._measure(due, step, epoch if epoch_end else None)
         self._drain()
-        if self.cap.spent != spent or (due and not self._planned):
+        if self._ran and self.cap.fraction is not None:
             self._replan(step)
         return self._deliver()
 
@@ -384,15 +384,15 @@ class Monitor:
                 planned += self.cap.cost.get(f.name, 0.0)
             else:
                 states.append("skip")
-        if self.cap.fraction is not None:  # rank 0 decides, and its plan holds, on every rank
-            states, stretch = self._broadcast([states, dict(self.periods.stretch)])
-            self._adopt(step, self.periods.adopt(stretch))
+        if self.cap.fraction is not None:  # rank 0 decides for every rank
+            states = list(self._broadcast(states))
         kept = []  # what runs, and the first skip of each point (counted once)
         for f, state in zip(due, states):
             if state != "off" and (self.periods.mark(f.name, step, epoch, ran=state == "run")
                                    or state == "run"):
                 kept.append((f, state == "run"))
         due, allowed = [f for f, _ in kept], [ok for _, ok in kept]
+        self._ran = any(allowed)  # the same on every rank: the plan is redone after it
         batch = self._probe.batch if self._probe is not None else None
         model, forward = self.model, self.forward_fn
 
@@ -440,9 +440,10 @@ class Monitor:
                 self._emit(name, step, measurement)
 
     def _replan(self, step: int) -> None:
-        self._planned = self.cap.step_time() > 0  # else: again at the next due step
-        if _rank() == 0:  # other ranks take rank 0's plan with its decisions (_measure)
-            self._adopt(step, self.periods.update(self.cap.plan(self.periods.asked_all())))
+        # rank 0 plans; every rank is here at the same step (after a measurement that rank 0
+        # admitted for all), so its plan is broadcast and holds everywhere
+        stretch = self.periods.multiples(self.cap.plan(self.periods.asked_all())) if _rank() == 0 else {}
+        self._adopt(step, self.periods.adopt(self._broadcast(stretch)))
 
     def _adopt(self, step: int, changed: dict[str, int]) -> None:
         if not changed:

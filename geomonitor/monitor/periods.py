@@ -90,10 +90,14 @@ class Periods:
             self.last[name] = step
         return False
 
+    def multiples(self, planned: Mapping[str, int]) -> dict[str, int]:
+        """The stretch multipliers of the plan's periods (in steps)."""
+        return {name: max(1, period // asked) for name, period in planned.items()
+                if (asked := self.asked(name)) is not None}
+
     def update(self, planned: Mapping[str, int]) -> dict[str, int]:
         """Take the plan's periods (in steps); returns those in force that changed."""
-        return self.adopt({name: max(1, period // asked) for name, period in planned.items()
-                           if (asked := self.asked(name)) is not None})
+        return self.adopt(self.multiples(planned))
 
     def adopt(self, stretch: Mapping[str, int]) -> dict[str, int]:
         """Take the stretch multipliers (e.g. rank 0's); returns the periods that changed."""

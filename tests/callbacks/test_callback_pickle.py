@@ -101,8 +101,8 @@ def test_every_public_callback_copies_and_pickles_after_a_fit(tmp_path):
                          enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False, default_root_dir=str(tmp_path),
                          callbacks=list(cbs.values()))
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_digits()), batch_size=64)
-    trainer.fit(_Digits(), loader)  # 8 steps: every family measured at least once
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(*_digits()), batch_size=16)
+    trainer.fit(_Digits(), loader)  # 32 steps: every family measured at least once (first at 10)
     assert {"geometry/id/fc1", "geometry/sharpness", "geometry/ph/fc2/h1_n_bars",
             "geometry/neural_persistence/mean"} <= set(trainer.callback_metrics)
     assert len(cbs["NeuralPersistenceEarlyStopping"].history) == 2
@@ -153,11 +153,11 @@ _SPAWN_SCRIPT = textwrap.dedent('''
                                               torch.tensor(y[:256]))
         mon = GeometryMonitor()  # the defaults: topology (a giotto-ph child process) on
         model = Net()
-        trainer = pl.Trainer(strategy="ddp_spawn", devices=2, accelerator="cpu", max_epochs=1,
+        trainer = pl.Trainer(strategy="ddp_spawn", devices=2, accelerator="cpu", max_epochs=1, max_steps=10,
                              logger=False, callbacks=[mon, Dump()], enable_progress_bar=False,
                              enable_model_summary=False, enable_checkpointing=False,
                              default_root_dir=OUT)
-        trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=32))
+        trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=8))  # 10 of 16 steps
         main = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("geometry/")}
         weights = {k: v.tolist() for k, v in model.state_dict().items()}
         with open(os.path.join(OUT, "main.json"), "w") as f:

@@ -30,8 +30,8 @@ from geomonitor.callbacks import (GeometryMonitor, IntrinsicDimensionMonitor,
     (dict(max_pending=0), r"max_pending must be a positive int, got 0"),
     (dict(prog_bar=["loss"]), r"prog_bar entries must name a geometry metric .* got 'loss'"),
     (dict(prog_bar=3), r"prog_bar must be a metric name, a list of them or None, got 3"),
-    (dict(id_every_n_steps=None, sharpness_every_n_steps=None, topology_every_n_epochs=None,
-          np_every_n_epochs=None, symmetry_every_n_steps=None), r"needs at least one family on"),
+    (dict(id_every_n_steps=None, sharpness_every_n_steps=None, topology_every_n_steps=None, topology_every_n_epochs=None,
+          np_every_n_steps=None, np_every_n_epochs=None, symmetry_every_n_steps=None), r"needs at least one family on"),
 ])
 def test_geometry_monitor_rejects_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -62,7 +62,7 @@ def test_state_key_names_the_measured_families_only():
     a, b = GeometryMonitor(layers=["fc1"]), GeometryMonitor(layers=["fc2"], probe_size=32)
     assert a.state_key == b.state_key
     assert a.state_key == GeometryMonitor(layers=["fc1"], sharpness_max_hvp=7).state_key
-    assert a.state_key != GeometryMonitor(topology_every_n_epochs=None).state_key
+    assert a.state_key != GeometryMonitor(topology_every_n_steps=None, topology_every_n_epochs=None).state_key
     assert a.state_key.startswith("GeometryMonitor{")
     assert SharpnessMonitor().state_key != IntrinsicDimensionMonitor().state_key
 
@@ -91,7 +91,7 @@ def test_lightning_cli_builds_the_monitor_from_yaml(tmp_path):
         "        reduce: mean\n"
         "        probe_size: 64\n"
         "        sharpness_every_n_steps: 7\n"
-        "        topology_every_n_epochs: null\n"
+        "        topology_every_n_steps: null\n"
         "        prog_bar: [eos_ratio, sharpness]\n"
         "    - class_path: geomonitor.callbacks.SharpnessMonitor\n"
         "      init_args: {every_n_steps: 3, max_hvp: 5}\n")

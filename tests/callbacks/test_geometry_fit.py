@@ -50,7 +50,8 @@ def _data(n=64):
 def _monitor(**kw):
     args = dict(layers=["fc1", "fc2"], probe_size=48, sharpness_every_n_steps=3,
                 id_every_n_steps=3, topology_every_n_epochs=1, topology_landmarks=None,
-                np_every_n_epochs=1, sharpness_max_hvp=200, sharpness_tol=1e-7, strict=True,
+                np_every_n_epochs=1, sharpness_max_hvp=200, sharpness_tol=1e-7,
+                sharpness_probe_size=None, strict=True,
                 max_overhead=None)
     args.update(kw)
     return GeometryMonitor(**args)
@@ -149,8 +150,8 @@ def test_unknown_layer_pattern_fails_at_setup_listing_names(tmp_path):
 
 def test_a_failing_measurement_is_counted_warned_once_and_training_goes_on(tmp_path):
     mon = GeometryMonitor(max_overhead=None, layers=["fc1"], probe_size=16, sharpness_every_n_steps=2,
-                          id_every_n_steps=None, topology_every_n_epochs=None,
-                          np_every_n_epochs=None,
+                          id_every_n_steps=None, topology_every_n_steps=None, topology_every_n_epochs=None,
+                          np_every_n_steps=None, np_every_n_epochs=None,
                           loss_fn=lambda m, b: "not a tensor")
     with pytest.warns(RuntimeWarning, match=r"sharpness measurement failed at step 2: "
                       r"TypeError\(.*must return a scalar loss tensor") as record:
@@ -170,7 +171,7 @@ def test_strict_reraises_the_measurement_error(tmp_path):
 
 def test_the_progress_bar_shows_the_chosen_metrics(tmp_path):
     monitor = _monitor(prog_bar=["eos_ratio"], id_every_n_steps=None,
-                       topology_every_n_epochs=None, np_every_n_epochs=None)
+                       topology_every_n_steps=None, topology_every_n_epochs=None, np_every_n_steps=None, np_every_n_epochs=None)
     model = _Net()
     trainer = pl.Trainer(max_steps=6, logger=False, callbacks=[monitor], accelerator="cpu",
                          enable_model_summary=False, enable_checkpointing=False,

@@ -55,7 +55,7 @@ def _monitor():
     # few HVPs: the values depend on the warm-start vector, so a lost state would show
     return GeometryMonitor(max_overhead=None, layers=["fc1"], probe_size=32, sharpness_every_n_steps=2,
                            sharpness_max_hvp=2, id_every_n_steps=2,
-                           topology_every_n_epochs=None, np_every_n_epochs=1, strict=True)
+                           topology_every_n_steps=None, topology_every_n_epochs=None, np_every_n_epochs=1, strict=True)
 
 
 def _trainer(monitor, logger, root, max_epochs):

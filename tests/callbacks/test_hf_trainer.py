@@ -62,7 +62,7 @@ def training_args(tmp_path, **overrides) -> TrainingArguments:
 
 def callback(**overrides) -> GeometryTrainerCallback:
     kw = dict(layers="transformer.h.?", reduce="mean", probe_size=32, id_every_n_steps=4,
-              sharpness_every_n_steps=4, sharpness_max_hvp=10, topology_every_n_epochs=None,
+              sharpness_every_n_steps=4, sharpness_max_hvp=10, topology_every_n_steps=None, topology_every_n_epochs=None,
               np_every_n_epochs=1, max_overhead=None, strict=True)
     kw.update(overrides)
     return GeometryTrainerCallback(**kw)
@@ -173,7 +173,7 @@ def test_resumed_trainer_continues_the_series(tmp_path):
     saved = torch.load(ckpt / STATE_FILE, weights_only=True)
     assert saved["last"] == {"id": 4, "sharpness": 4}
 
-    again = callback(np_every_n_epochs=None)
+    again = callback(np_every_n_steps=None, np_every_n_epochs=None)
     args = training_args(tmp_path, save_strategy="steps", save_steps=4, max_steps=8)
     resumed = Trainer(tiny_gpt2(), args, train_dataset=token_dataset(), callbacks=[again])
     resumed.train(resume_from_checkpoint=str(ckpt))
@@ -191,7 +191,7 @@ def test_resume_without_saved_state_warns_and_starts_afresh(tmp_path):
     fit(tmp_path, callback(np_every_n_epochs=None), save_strategy="steps", save_steps=4, max_steps=4)
     ckpt = tmp_path / "out" / "checkpoint-4"
     (ckpt / STATE_FILE).unlink()
-    cb = callback(np_every_n_epochs=None)
+    cb = callback(np_every_n_steps=None, np_every_n_epochs=None)
     trainer = Trainer(tiny_gpt2(), training_args(tmp_path, max_steps=8),
                       train_dataset=token_dataset(), callbacks=[cb])
     with pytest.warns(MonitorWarning, match="without .*geomonitor_state.pt"):
@@ -288,8 +288,8 @@ def test_iterable_dataset_probe_leaves_loader_and_rng_alone():
     ({"np_every_n_epochs": 1.5}, "np_every_n_epochs"),
     ({"loss_fn": "loss"}, "loss_fn must be callable"),
     ({"forward_fn": 3}, "forward_fn must be callable"),
-    ({"id_every_n_steps": None, "sharpness_every_n_steps": None, "topology_every_n_epochs": None,
-      "np_every_n_epochs": None, "symmetry_every_n_steps": None}, "needs at least one family on"),
+    ({"id_every_n_steps": None, "sharpness_every_n_steps": None, "topology_every_n_steps": None,
+      "np_every_n_steps": None, "symmetry_every_n_steps": None}, "needs at least one family on"),
 ])
 def test_bad_arguments_raise_naming_the_argument(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -298,7 +298,7 @@ def test_lightning_cli_builds_the_monitor_from_the_readme_yaml_and_fits(pkg, tmp
     config.write_text(README_YAML)
     cli = cli_mod.LightningCLI(MODELS[pkg], run=False, save_config_callback=None,
                                seed_everything_default=False,
-                               args=["--config", str(config), "--trainer.max_epochs=1",
+                               args=["--config", str(config), "--trainer.max_epochs=3", "--trainer.max_steps=10",
                                      "--trainer.enable_progress_bar=false",
                                      "--trainer.enable_model_summary=false",
                                      "--trainer.accelerator=cpu"])
@@ -307,7 +307,7 @@ def test_lightning_cli_builds_the_monitor_from_the_readme_yaml_and_fits(pkg, tmp
     assert mon.prog_bar == ["eos_ratio"]
     (sharp,) = [f for f in mon.families if f.name == "sharpness"]
     assert sharp.schedule.due_step(25) and not sharp.schedule.due_step(26)
-    cli.trainer.fit(cli.model)  # 4 steps: the epoch-end families measured once
+    cli.trainer.fit(cli.model)  # 10 steps: every default family measured at step 10, the last
     assert list(mon.monitor.modules) == ["fc1", "fc2"]
     metrics = cli.trainer.callback_metrics
     assert {"geometry/neural_persistence/mean", "geometry/ph/fc1/h1_n_bars",

@@ -154,7 +154,7 @@ def _simulate(schedules: dict[str, tuple[int, float, float]], fraction: float, n
     run; the due families are asked in order, each seeing what the ones before it spent; a
     point the guard skips is asked again at the next asked step (one skip counted); a
     background job is collected at the next step, after that step's decisions; the periods
-    are planned again after every step whose spending changed.
+    are planned again after every step at which something ran.
     ``schedules``: name -> (every, thread cost, background cost or 0 for a sync family)."""
     ref, t = ReferenceRule(fraction), 0.0
     runs: dict[str, list[int]] = {f: [] for f in schedules}
@@ -167,7 +167,7 @@ def _simulate(schedules: dict[str, tuple[int, float, float]], fraction: float, n
         t += dt
         if s == 1:
             ref.start(t)
-        spent = ref.spent()
+        ran = False
         submitted = []
         for f, (every, cost, background) in schedules.items():
             if s % every or (runs[f] and s - runs[f][-1] < period[f]):
@@ -178,6 +178,7 @@ def _simulate(schedules: dict[str, tuple[int, float, float]], fraction: float, n
                 waiting.add(f)
                 continue
             waiting.discard(f)
+            ran = True
             runs[f].append(s)
             ref.charge(f, cost)
             t += cost
@@ -186,7 +187,7 @@ def _simulate(schedules: dict[str, tuple[int, float, float]], fraction: float, n
         for f, background in in_flight:
             ref.charge_background(f, background)
         in_flight = submitted
-        if ref.spent() != spent:
+        if ran:
             period = ref.plan(asked, t, s - 1)
     return runs, skips
 
@@ -278,8 +279,9 @@ def test_families_due_at_the_same_step_are_asked_in_turn():
 
 def test_the_first_measurement_of_every_family_runs_on_an_exhausted_budget():
     # big costs 1000 steps: at 1% it needs a period of 100,000 steps, and every family that has
-    # a cost is stretched as far (after big's one skip at step 2, asked before a step was
-    # timed); the late families still run once, when first due.
+    # a cost is stretched as far. The plan is made after a step at which something ran and a
+    # step was timed: at step 10 (big is skipped once at step 2 by the guard, then waits); the
+    # late families still run once, when first due.
     clock = Clock()
     big = Sync("big", 1, clock, cost=1000.0)
     late = [Sync("c", 10, clock, cost=1.0), Sync("d", 25, clock, cost=1.0),
@@ -295,7 +297,7 @@ def test_the_first_measurement_of_every_family_runs_on_an_exhausted_budget():
     assert big.steps == [1]
     assert [f.steps for f in late] == [[10], [25], [30]]
     assert mon.skipped == {"big": 1}
-    assert rec.values(metric_key("period", "big"))[0] == (2, 100000.0)  # 1000 steps / 0.01
+    assert rec.values(metric_key("period", "big"))[0] == (10, 100100.0)  # (1000 + 1) steps / 0.01
     assert all(p >= 100000 for f in ("big", "c", "d") for _, p in rec.values(metric_key("period", f)))
     assert [s for s, _ in rec.values(metric_key("period", "d"))] == [25, 30]
     assert rec.values(metric_key("ph", "e", "h1_n_bars")) == [(30, 30.0)]

@@ -25,7 +25,7 @@ def _setup(n=120, seed=0):
 
 
 def _monitor(model, loader, **kw):
-    opts = dict(id_every_n_steps=None, topology_every_n_epochs=None, np_every_n_epochs=None,
+    opts = dict(id_every_n_steps=None, topology_every_n_steps=None, topology_every_n_epochs=None, np_every_n_steps=None, np_every_n_epochs=None,
                 symmetry_every_n_steps=None,
                 sharpness_every_n_steps=1, max_overhead=None, probe_size=32)
     opts.update(kw)
@@ -109,8 +109,8 @@ def test_dict_batches_name_forward_fn_in_the_error():
     with pytest.raises(TypeError, match=r"pass forward_fn=lambda model, batch: model\(batch\['x'\]\)"):
         default_forward(Net(), batch)
     mon = Monitor(Net(), probe=torch.utils.data.DataLoader([{"x": torch.randn(4), "y": 0}] * 10),
-                  id_every_n_steps=1, sharpness_every_n_steps=None, topology_every_n_epochs=None,
-                  np_every_n_epochs=None, symmetry_every_n_steps=None, max_overhead=None,
+                  id_every_n_steps=1, sharpness_every_n_steps=None, topology_every_n_steps=None, topology_every_n_epochs=None,
+                  np_every_n_steps=None, np_every_n_epochs=None, symmetry_every_n_steps=None, max_overhead=None,
                   probe_size=8)
     with pytest.warns(MonitorWarning, match=r"id measurement failed.*forward_fn="):
         mon.step(1)
@@ -119,8 +119,8 @@ def test_dict_batches_name_forward_fn_in_the_error():
     rows = [{"x": x, "y": 0} for x in torch.randn(10, 4, generator=torch.Generator().manual_seed(0))]
     ok = Monitor(Net(), probe=torch.utils.data.DataLoader(rows),
                  forward_fn=lambda m, b: m(b["x"]), id_every_n_steps=1,
-                 sharpness_every_n_steps=None, topology_every_n_epochs=None,
-                 np_every_n_epochs=None, symmetry_every_n_steps=None, max_overhead=None,
+                 sharpness_every_n_steps=None, topology_every_n_steps=None, topology_every_n_epochs=None,
+                 np_every_n_steps=None, np_every_n_epochs=None, symmetry_every_n_steps=None, max_overhead=None,
                  probe_size=8)
     assert "geometry/id/fc" in ok.step(1) and ok.errors == {}
     ok.close()
