@@ -15,7 +15,7 @@ of 3x32x32 images) and the 0.82M-parameter causal transformer LM of ``recipes/tr
 2. **Sharpness backends.** On the LM (ReLU feed-forward, as in the recipe) and the same LM
    with GELU: a cold measurement after 30 AdamW steps and a warm one 10 optimizer steps
    later, by ``hvp="fd"`` (central differences) and ``hvp="exact"`` (double backward), at
-   the family's defaults (32 probe windows, tol 1e-2, at most 20 products, 8 before a cold
+   the family's defaults (32 probe windows, tol 1e-2, at most 20 products, 6 before a cold
    start may stop). Cost in training steps (the measurement's wall time over the median
    training step measured beside it), products, and the relative error against an
    independent eigensolver: SciPy's ARPACK (``eigsh``, tol 1e-6) on the exact
@@ -125,7 +125,7 @@ def backends(threads: int) -> None:
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         sharp_batch = tuple(t[:32] for t in probe)
         lossf = lambda: loss(model, sharp_batch)  # noqa: E731
-        ests = {b: SharpnessEstimator(tol=1e-2, max_hvp=20, seed=0, hvp=b, min_cold=8) for b in ("fd", "exact")}
+        ests = {b: SharpnessEstimator(tol=1e-2, max_hvp=20, seed=0, hvp=b, min_cold=6) for b in ("fd", "exact")}
         cells = {b: [] for b in ests}
         step = 0
 

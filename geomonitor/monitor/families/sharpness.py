@@ -8,16 +8,22 @@ Occurs at the Edge of Stability", ICLR), (2+2β)/η with heavy-ball momentum β.
 ``geometry/sharpness``, ``geometry/eos_ratio``, ``geometry/n_hvp``.
 
 The loss is ``ctx.loss_fn(model, batch)`` on the first ``probe_size`` samples of the probe
-set (default 64: a Hessian-vector product costs about two backward passes, so the sharpness
-slice sets the family's cost; on a ResNet-18 the full 256-sample probe set took minutes on 2
-CPU cores). η is the live ``lr`` of the optimizer's first parameter group.
+set (default 32: each Hessian-vector product costs about two gradient evaluations on that
+slice, so the slice sets the family's cost; at 32 samples and a training batch of 64 one
+product is about one training step). η is the live ``lr`` of the optimizer's first
+parameter group. Products come from ``hvp`` (:func:`geomonitor.sharpness.spectrum.choose_hvp`:
+central differences of the gradient, or the double backward for models with ReLU-family or
+max-pooling modules, whose kinks the differences would see).
 
-Cost: at most ``max_hvp`` Hessian-vector products, warm-started from the previous
-eigenvector. Failure modes: no ``loss_fn`` (the family disables itself at setup), a loss
-that is not a scalar tensor (``TypeError``), and the estimator's own errors.
+Cost: a cold measurement (random start) stops once ``min_cold`` (6) products are reached and
+the tolerance ``tol`` (1e-2, relative) is met; each later one starts from the previous
+eigenvector and typically takes 3 products; never more than ``max_hvp``. Measured on the
+0.82M-parameter char LM (``benchmarks/bench_defaults.py``): see the README. Failure modes:
+no ``loss_fn`` (the family disables itself at setup), a loss that is not a scalar tensor
+(``TypeError``), and the estimator's own errors.
 
 Example:
-    >>> fam = SharpnessFamily(Every(n_steps=50), max_hvp=20, probe_size=64)
+    >>> fam = SharpnessFamily(Every(n_steps=50), max_hvp=20, probe_size=32, hvp="auto")
 """
 from __future__ import annotations
 
@@ -71,7 +77,7 @@ class SharpnessFamily(Family):
     needs_loss = True
 
     def __init__(self, schedule: Every, *, max_hvp: int = 20, tol: float = 1e-2, seed: int = 0,
-                 probe_size: int | None = 32, hvp: str = "auto", min_cold: int | None = 8) -> None:
+                 probe_size: int | None = 32, hvp: str = "auto", min_cold: int | None = 6) -> None:
         super().__init__(schedule)
         from geomonitor.sharpness import SharpnessEstimator
 
