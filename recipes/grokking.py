@@ -199,7 +199,8 @@ def make_monitor(args: argparse.Namespace, probe: tuple[torch.Tensor, ...]) -> p
         forward_fn=embedding_rows,
         id_every_n_steps=args.every, sharpness_every_n_steps=args.sharpness_every,
         sharpness_max_hvp=20, topology_every_n_steps=args.every, topology_every_n_epochs=None,
-        topology_landmarks=None, np_every_n_steps=None, np_every_n_epochs=None, prog_bar=None)
+        topology_landmarks=None, np_every_n_steps=None, np_every_n_epochs=None,
+        symmetry_every_n_steps=500, sharpness_probe_size=64, sharpness_tol=1e-3, prog_bar=None)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -57,8 +57,13 @@ def make_monitor(max_steps: int | None = None) -> GeometryMonitor:
     """The quickstart's monitor: denser than the defaults, and on a fixed schedule
     (``max_overhead=None``), so a short run has full curves to look at."""
     return GeometryMonitor(layers=LAYERS, probe_size=256, sharpness_every_n_steps=10,
-                           id_every_n_steps=20, topology_every_n_epochs=2,
-                           np_every_n_epochs=1, prog_bar=["eos_ratio", "sharpness"],
+                           id_every_n_steps=20, topology_every_n_steps=None,
+                           topology_every_n_epochs=2, np_every_n_steps=None, np_every_n_epochs=1,
+                           symmetry_every_n_steps=500, sharpness_probe_size=64,
+                           # forward() calls torch.relu, which sharpness_hvp="auto" cannot
+                           # see: the exact products, not differences across the kinks
+                           sharpness_tol=1e-3, sharpness_hvp="exact",
+                           prog_bar=["eos_ratio", "sharpness"],
                            max_overhead=None)
 
 

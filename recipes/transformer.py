@@ -170,7 +170,9 @@ def make_monitor(args: argparse.Namespace, probe: tuple[torch.Tensor, torch.Tens
         layers="auto", reduce="mean", probe_data=probe, probe_size=len(probe[0]),
         probe_seed=args.seed, id_every_n_steps=args.every,
         sharpness_every_n_steps=args.sharpness_every, sharpness_max_hvp=20,
-        topology_every_n_epochs=1, np_every_n_epochs=1, prog_bar=None, max_overhead=None)
+        sharpness_probe_size=64, sharpness_tol=1e-3, topology_every_n_steps=None,
+        topology_every_n_epochs=1, np_every_n_steps=None, np_every_n_epochs=1,
+        symmetry_every_n_steps=500, prog_bar=None, max_overhead=None)
 
 
 def layer_order(model: nn.Module, series: dict[str, Any]) -> list[str]:
