@@ -47,7 +47,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from geomonitor.sharpness.hvp import flat_dtype, trainable
+from geomonitor.sharpness.hvp import checked_loss, flat_dtype, trainable
 
 __all__ = ["FiniteDifferenceHVP", "default_rel_step"]
 
@@ -95,15 +95,7 @@ class FiniteDifferenceHVP:
             offset += n
         try:
             with torch.enable_grad():
-                loss = self.loss_fn()
-                if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                    shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-                    raise ValueError(f"loss_fn must return a scalar tensor; got {shape}")
-                loss = loss.reshape(())
-                if not torch.isfinite(loss.detach()).item():
-                    raise ValueError(f"loss_fn returned a non-finite loss ({loss.item()}); the Hessian is undefined")
-                if not loss.requires_grad:
-                    raise ValueError("the loss does not depend on params (it does not require grad)")
+                loss = checked_loss(self.loss_fn())
                 grads = torch.autograd.grad(loss, self.params, allow_unused=True)
         finally:
             for p, t in zip(self.params, self._theta):

@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["HVPOperator", "trainable", "flat_dtype"]
+__all__ = ["HVPOperator", "checked_loss", "trainable", "flat_dtype"]
 
 
 def trainable(params: Sequence[torch.Tensor] | torch.nn.Module, *, name: str = "params") -> list[torch.Tensor]:
@@ -55,6 +55,20 @@ def trainable(params: Sequence[torch.Tensor] | torch.nn.Module, *, name: str = "
             "the Hessian is taken with respect to tensors with requires_grad=True"
         )
     return kept
+
+
+def checked_loss(loss: object) -> torch.Tensor:
+    """``loss`` as a 0-d tensor, or ``ValueError``: not a scalar tensor, not finite, or not
+    depending on any parameter (it does not require grad)."""
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+        raise ValueError(f"loss_fn must return a scalar tensor; got {shape}")
+    loss = loss.reshape(())
+    if not torch.isfinite(loss.detach()).item():
+        raise ValueError(f"loss_fn returned a non-finite loss ({loss.item()}); the Hessian is undefined")
+    if not loss.requires_grad:
+        raise ValueError("the loss does not depend on params (it does not require grad)")
+    return loss
 
 
 def flat_dtype(params: Sequence[torch.Tensor]) -> torch.dtype:
@@ -83,15 +97,7 @@ class HVPOperator:
         self.dim = sum(p.numel() for p in self.params)
         self.n_hvp = 0
         with torch.enable_grad():
-            loss = loss_fn()
-            if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
-                shape = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-                raise ValueError(f"loss_fn must return a scalar tensor; got {shape}")
-            loss = loss.reshape(())
-            if not torch.isfinite(loss.detach()).item():
-                raise ValueError(f"loss_fn returned a non-finite loss ({loss.item()}); the Hessian is undefined")
-            if not loss.requires_grad:
-                raise ValueError("the loss does not depend on params (it does not require grad)")
+            loss = checked_loss(loss_fn())
             grads = torch.autograd.grad(loss, self.params, create_graph=True, allow_unused=True)
         if all(g is None for g in grads):
             raise ValueError("the loss does not depend on params (every gradient is None)")
