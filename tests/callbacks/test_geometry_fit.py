@@ -182,3 +182,18 @@ def test_the_progress_bar_shows_the_chosen_metrics(tmp_path):
     assert shown["eos_ratio"] == float(trainer.callback_metrics["geometry/eos_ratio"])
     x, y = _data()[monitor.probe.indices]
     assert shown["eos_ratio"] == pytest.approx(_dense_sharpness(model, x, y) * LR / 2, rel=1e-4)
+
+
+@pytest.mark.parametrize("max_steps, horizon", [(6, 6), (-1, 12)])
+def test_the_cost_cap_plans_over_the_fit_lightning_knows(tmp_path, max_steps, horizon):
+    # Lightning's estimated_stepping_batches is the horizon: max_steps, or the epochs' steps
+    # (64 samples / 16 per batch = 4 steps per epoch, max_epochs=3 when max_steps=-1)
+    monitor = _monitor(max_overhead=0.05)
+    model = _Net()
+    trainer = pl.Trainer(max_steps=max_steps, max_epochs=3, logger=False, callbacks=[monitor],
+                         accelerator="cpu", devices=1, enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False,
+                         default_root_dir=tmp_path)
+    trainer.fit(model, torch.utils.data.DataLoader(_data(), batch_size=16))
+    assert monitor.monitor.cap.horizon == horizon
+    assert monitor.monitor.summary()["steps"] == trainer.global_step

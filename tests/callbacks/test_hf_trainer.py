@@ -206,6 +206,7 @@ def test_state_dict_round_trip_and_pickling(tmp_path):
     clone = pickle.loads(pickle.dumps(cb))
     assert copy.deepcopy(cb).monitor is None and clone.monitor is None
     trainer = fit(tmp_path, cb, max_steps=4)
+    assert cb.monitor.cap.horizon == 4  # the cost cap plans over the Trainer's max_steps
     state = cb.state_dict()
     # 4 steps cut the first epoch short: neural persistence ran at its end, step 4
     assert state["last"] == {"id": 4, "sharpness": 4, "neural_persistence": 4}
