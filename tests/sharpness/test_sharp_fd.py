@@ -169,3 +169,38 @@ def test_an_unused_parameter_raises_when_no_gradient_reaches_any():
                              [q])
     with pytest.raises(ValueError, match=r"every gradient is None"):
         op(torch.ones(2))
+
+
+class _FunctionalDropout(nn.Module):
+    """Dropout that no module switch turns off (as in attention kernels): F.dropout(training=True)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(8, 16), nn.Linear(16, 3)
+
+    def forward(self, x):
+        return self.fc2(nn.functional.dropout(torch.tanh(self.fc1(x)), 0.5, training=True))
+
+
+def test_every_difference_sees_the_same_dropout_masks_as_the_exact_operator():
+    from geomonitor.sharpness import HVPOperator
+
+    torch.manual_seed(0)  # test set-up only: module init
+    model = _FunctionalDropout().double()
+    x = torch.randn(32, 8, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    y = torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(2))
+    loss = lambda: nn.functional.cross_entropy(model(x), y)  # noqa: E731
+    params = list(model.parameters())
+    torch.manual_seed(5)
+    exact = HVPOperator(loss, params)          # its one forward draws the masks of seed 5
+    torch.manual_seed(5)
+    fd = FiniteDifferenceHVP(loss, params)     # every forward replays the state of seed 5
+    state = torch.get_rng_state()
+    v = torch.randn(fd.dim, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ref = exact(v)
+    assert (fd(v) - ref).norm() / ref.norm() < 1e-7
+    assert (fd(v) - ref).norm() / ref.norm() < 1e-7     # and again: the same masks every time
+    assert torch.equal(torch.get_rng_state(), state)     # the caller's stream is not consumed
+    torch.manual_seed(6)
+    other = HVPOperator(loss, params)          # other masks: another matrix (the test can fail)
+    assert (other(v) - ref).norm() / ref.norm() > 1e-2
