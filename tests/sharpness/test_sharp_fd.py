@@ -204,3 +204,17 @@ def test_every_difference_sees_the_same_dropout_masks_as_the_exact_operator():
     torch.manual_seed(6)
     other = HVPOperator(loss, params)          # other masks: another matrix (the test can fail)
     assert (other(v) - ref).norm() / ref.norm() > 1e-2
+
+
+def test_a_gpt2_with_attention_dropout_gets_the_exact_top_eigenvalue_from_differences():
+    transformers = pytest.importorskip("transformers")
+    cfg = transformers.GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=2, n_positions=16)
+    torch.manual_seed(0)  # test set-up only: module init
+    model = transformers.GPT2LMHeadModel(cfg)   # dropout 0.1, also inside attention
+    ids = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(0))
+    loss = lambda: model(input_ids=ids, labels=ids).loss  # noqa: E731
+    assert choose_hvp(model) == "fd"            # gelu_new: smooth
+    got = {h: SharpnessEstimator(tol=1e-4, max_hvp=60, hvp=h, seed=0).measure(model, loss)
+           for h in ("fd", "exact")}
+    assert got["fd"].converged and got["exact"].converged
+    assert abs(got["fd"].sharpness / got["exact"].sharpness - 1) < 1e-3
