@@ -3,14 +3,20 @@
 Measured on a fixed probe set (drawn once at fit start, by index, seeded):
 
 * intrinsic dimension (TwoNN; Facco et al., 2017) of the chosen layers' activations,
-  ``geometry/id/<layer>`` — every 100 optimizer steps by default;
+  ``geometry/id/<layer>``;
 * sharpness, the top Hessian eigenvalue of the training loss, and ``eos_ratio`` = sharpness /
   (2/η) (Cohen et al., 2021; preconditioned for Adam, Cohen et al., 2022) —
-  ``geometry/sharpness``, ``geometry/eos_ratio`` — every 50 steps;
+  ``geometry/sharpness``, ``geometry/eos_ratio``;
 * persistence summaries of the activations (Vietoris–Rips H0/H1 via giotto-ph, off the
-  training thread), ``geometry/ph/<layer>/<summary>`` — every epoch;
+  training thread), ``geometry/ph/<layer>/<summary>``;
 * neural persistence of the weights (Rieck et al., 2019), ``geometry/neural_persistence/...``
-  (``/mean`` and ``/<layer>``) — every epoch.
+  (``/mean`` and ``/<layer>``);
+* the parameter-symmetry indicators, ``geometry/symmetry/...``.
+
+Each family asks for a point every 10 optimizer steps by default; the cost cap
+(``max_overhead=0.05``) stretches the periods to fit its share of the fit, which it knows
+from ``trainer.estimated_stepping_batches`` (:mod:`geomonitor.monitor.cost`), logs the
+period in force as ``geometry/period/<family>`` and prints a summary at the end of the fit.
 
 The measuring is done by :class:`geomonitor.monitor.Monitor` (this class is its Lightning
 adapter). Everything goes through :class:`~geomonitor.callbacks.sinks.TrainerSink`: every
@@ -22,7 +28,7 @@ the ID profile across layers. ``geometry/errors`` counts failed measurements,
 Costs per measurement (probe size N=256, selected layers L): one no-grad forward for
 activations, O(L N^2 D) for TwoNN, ≤ ``sharpness_max_hvp`` Hessian-vector products for
 sharpness, giotto-ph on ≤ ``topology_landmarks`` points per layer in a child process.
-See ``benchmarks/bench_monitor_overhead.py`` for the measured overhead.
+See ``benchmarks/bench_defaults.py`` for the measured overhead and points per curve.
 """
 from __future__ import annotations
 
