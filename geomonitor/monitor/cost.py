@@ -44,9 +44,10 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["CostCap", "plan_periods"]
+__all__ = ["PAUSED", "CostCap", "plan_periods", "run_length"]
 
-_NEVER = 10**12  # a period no run reaches: the family is paused until the plan changes
+#: the period of a family no rate affords: no run reaches it (paused until the plan changes)
+PAUSED = 10**12
 
 
 def plan_periods(cost: Mapping[str, float], period: Mapping[str, int], rate: float) -> dict[str, int]:
@@ -73,8 +74,8 @@ def plan_periods(cost: Mapping[str, float], period: Mapping[str, int], rate: flo
 
     if not costed or fits(1):
         return dict(period)
-    if rate <= 0 or not fits(_NEVER):
-        return {f: (_NEVER if f in costed else p) for f, p in period.items()}
+    if rate <= 0 or not fits(PAUSED):
+        return {f: (PAUSED if f in costed else p) for f, p in period.items()}
     lo, hi = 1, 1
     while not fits(hi):  # fits() is monotone in T: double, then bisect
         lo, hi = hi, hi * 2
@@ -82,6 +83,21 @@ def plan_periods(cost: Mapping[str, float], period: Mapping[str, int], rate: flo
         mid = (lo + hi) // 2
         lo, hi = (lo, mid) if fits(mid) else (mid, hi)
     return stretched(hi)
+
+
+def run_length(total: Any, strict: bool = True) -> int | None:
+    """A run's length in steps as a positive int, or ``None`` when unknown (``None``, ``inf``,
+    NaN, <= 0). A value of another type raises ``ValueError`` when ``strict``, else is unknown.
+    """
+    if total is None:
+        return None
+    if isinstance(total, bool) or not isinstance(total, (int, float)):
+        if strict:
+            raise ValueError(f"total_steps must be a positive int, a callable or None, got {total!r}")
+        return None
+    if total != total or total == float("inf") or total <= 0:
+        return None
+    return int(total)
 
 
 class CostCap:

@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from geomonitor.monitor.cost import CostCap
+from geomonitor.monitor.cost import PAUSED, CostCap, run_length
 from geomonitor.monitor.family import Context, Family, Measurement
 from geomonitor.monitor.keys import metric_key
 from geomonitor.monitor.layers import LayerSelector, capture_activations
@@ -49,7 +49,7 @@ from geomonitor.monitor.model_io import (default_forward, make_probe, model_devi
 from geomonitor.monitor.periods import Periods
 from geomonitor.monitor.probe import ProbeSet
 from geomonitor.monitor.sink import as_sink
-from geomonitor.monitor.summary import format_summary, summarize
+from geomonitor.monitor.summary import format_summary, period_text, summarize
 from geomonitor.monitor.worker import BackgroundWorker
 from geomonitor.sharpness.isolation import preserved_rng
 
@@ -140,7 +140,7 @@ class Monitor:
         if not isinstance(verbose, bool):
             raise ValueError(f"verbose must be True or False, got {verbose!r}")
         if total_steps is not None and not callable(total_steps):
-            _horizon(total_steps)  # a bad value raises now
+            run_length(total_steps)  # a bad value raises now
         self.model = unwrap_model(model)
         self.families = families
         self.sink = as_sink(sink)
@@ -337,7 +337,7 @@ class Monitor:
     def _start(self, step: int) -> None:
         self._started = True
         total = self._total_steps() if callable(self._total_steps) else self._total_steps
-        self.cap.horizon = _horizon(total, strict=not callable(self._total_steps))
+        self.cap.horizon = run_length(total, strict=not callable(self._total_steps))
         if any(f.enabled and f.needs_probe for f in self.families):
             device = model_device(self.model)
             # reading the data (random transforms, a stream) must not move the run's RNG streams
@@ -448,11 +448,11 @@ class Monitor:
     def _adopt(self, step: int, changed: dict[str, int]) -> None:
         if not changed:
             return
-        self._put(step, {metric_key("period", n): float(p if p < _PAUSED else 0)
+        self._put(step, {metric_key("period", n): float(p if p < PAUSED else 0)
                          for n, p in changed.items()})
         if self.verbose and _rank() == 0:
             print(f"geomonitor: at step {step}, to keep within max_overhead={self.cap.fraction}: "
-                  + ", ".join(f"{n} every {_steps(p)} (asked {self.periods.asked(n)})"
+                  + ", ".join(f"{n} every {period_text(p)} (asked {self.periods.asked(n)})"
                               for n, p in changed.items()))
 
     def _emit(self, name: str, step: int, m: Measurement) -> None:
@@ -504,26 +504,6 @@ class Monitor:
         for fam in self.families:
             with contextlib.suppress(Exception):
                 fam.close()
-
-
-def _horizon(total: Any, strict: bool = True) -> int | None:
-    """``total_steps`` as a positive int, or None when unknown (None, inf, <= 0)."""
-    if total is None:
-        return None
-    if isinstance(total, bool) or not isinstance(total, (int, float)):
-        if strict:
-            raise ValueError(f"total_steps must be a positive int, a callable or None, got {total!r}")
-        return None
-    if total != total or total in (float("inf"),) or total <= 0:
-        return None
-    return int(total)
-
-
-_PAUSED = 10**12  # cost.plan_periods' period for a family no rate affords
-
-
-def _steps(period: int) -> str:
-    return "(paused)" if period >= _PAUSED else f"{period} steps"
 
 
 def _timed(name: str, job: Callable[[], Measurement], cpu_clock: Callable[[], float]) -> Callable[[], tuple]:

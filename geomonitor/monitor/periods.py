@@ -16,7 +16,7 @@ Example:
     >>> due = []
     >>> for s in range(1, 100):
     ...     if p.due("id", s):
-    ...         due.append(s); p.mark("id", s)
+    ...         due.append(s); _ = p.mark("id", s)
     ...         if s == 10: _ = p.update({"id": 30})  # the plan after the first point
     >>> due
     [10, 40, 70]

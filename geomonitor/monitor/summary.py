@@ -17,7 +17,16 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["format_summary", "summarize"]
+from geomonitor.monitor.cost import PAUSED
+
+__all__ = ["format_summary", "period_text", "summarize"]
+
+
+def period_text(period: int | None) -> str:
+    """``"170 steps"``, ``"paused"`` (no rate affords the family), or ``"-"`` (not known)."""
+    if period is None:
+        return "-"
+    return "paused" if period >= PAUSED else f"{period} steps"
 
 
 def summarize(monitor: Any) -> dict[str, Any]:
@@ -56,8 +65,7 @@ def format_summary(s: dict[str, Any]) -> str:
         if not f["enabled"]:
             lines.append(f"  {name:<20}  disabled (see the warning)")
             continue
-        period = f["period"]
-        force = "paused" if period is not None and period >= 10**12 else _cell(period)
+        force = period_text(f["period"]).replace(" steps", "")
         stretched |= f["period"] != f["period_asked"] or f["skipped"] > 0
         lines.append(f"  {name:<20}{f['points']:>7}{f['skipped']:>9}{f['dropped']:>9}{f['errors']:>8}"
                      f"{_cell(f['cost_steps'], '{:.1f}'):>14}  {_cell(f['period_asked'])} -> {force}")
