@@ -193,9 +193,10 @@ class CostCap:
 
     def plan(self, periods: Mapping[str, int]) -> dict[str, int]:
         """:func:`plan_periods` for the asked ``periods`` with the current costs and rate."""
-        if self.fraction is None or self.step_time() <= 0:
+        step = self.step_time()
+        if self.fraction is None or step <= 0:
             return dict(periods)
-        cost = {f: self.in_steps(c) for f, c in self.cost.items() if f in periods}
+        cost = {f: c / step for f, c in self.cost.items() if f in periods}
         return plan_periods(cost, periods, self.rate())
 
     def allows(self, family: str, planned: float = 0.0) -> bool:

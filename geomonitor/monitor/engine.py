@@ -151,7 +151,6 @@ class Monitor:
         self.cap = CostCap(max_overhead, clock)
         self._total_steps = total_steps
         self.periods = Periods({f.name: f.schedule for f in families})
-        self._ran = False
         self._cpu_clock = cpu_clock or time.thread_time
         self._broadcast = broadcast or torch_broadcast
         self._selector = LayerSelector(layers, reduce=reduce)
@@ -205,11 +204,9 @@ class Monitor:
             self.periods.epoch_end(step, epoch)
         due = [f for f in self.families if f.enabled and self._last.get(f.name) != step
                and (f.schedule.due_epoch(epoch) if epoch_end else f.schedule.due_step(step))]
-        self._ran = False
-        if due:
-            self._measure(due, step, epoch if epoch_end else None)
+        ran = bool(due) and self._measure(due, step, epoch if epoch_end else None)
         self._drain()
-        if self._ran and self.cap.fraction is not None:
+        if ran and self.cap.fraction is not None:
             self._replan(step)
         return self._deliver()
 
@@ -371,7 +368,8 @@ class Monitor:
         self._probe_state = None
 
     # -- measuring --------------------------------------------------------------------------
-    def _measure(self, due: list[Family], step: int, epoch: int | None) -> None:
+    def _measure(self, due: list[Family], step: int, epoch: int | None) -> bool:
+        # returns whether something ran (the same on every rank: the plan is redone after it);
         # due on the asked schedule (every rank reaches these steps together): "off" when the
         # plan's period skips the step, else "run" or "skip" by the guard, asked in turn (each
         # one sees what the ones admitted before it will spend)
@@ -392,7 +390,6 @@ class Monitor:
                                    or state == "run"):
                 kept.append((f, state == "run"))
         due, allowed = [f for f, _ in kept], [ok for _, ok in kept]
-        self._ran = any(allowed)  # the same on every rank: the plan is redone after it
         batch = self._probe.batch if self._probe is not None else None
         model, forward = self.model, self.forward_fn
 
@@ -425,6 +422,7 @@ class Monitor:
                         self._warn_once(f"{fam.name}/dropped", f"{fam.name} measurement at step "
                                         f"{step} dropped: {self._worker.max_pending} still pending")
                 self.cap.charge(fam.name, self.cap.clock() - t0)
+        return any(allowed)
 
     def _drain(self) -> None:
         for step, result, error in self._worker.drain():

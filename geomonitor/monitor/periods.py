@@ -41,7 +41,7 @@ class Periods:
     def __init__(self, schedules: Mapping[str, Every]) -> None:
         self.schedules = dict(schedules)
         self.stretch = {name: 1 for name in self.schedules}
-        self.last: dict[str, int] = {}          # step of the last point (measured or skipped)
+        self.last: dict[str, int] = {}          # step of the last measured point
         self.last_epoch: dict[str, int] = {}    # epoch of the last point at an epoch end
         self.waiting: set[str] = set()          # skipped by the guard, asked again
         self.steps_per_epoch: float | None = None
@@ -115,7 +115,8 @@ class Periods:
 
     def state_dict(self) -> dict[str, Any]:
         return {"stretch": dict(self.stretch), "last": dict(self.last),
-                "last_epoch": dict(self.last_epoch), "steps_per_epoch": self.steps_per_epoch}
+                "last_epoch": dict(self.last_epoch), "waiting": sorted(self.waiting),
+                "steps_per_epoch": self.steps_per_epoch}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         for name, m in state.get("stretch", {}).items():
@@ -123,5 +124,6 @@ class Periods:
                 self.stretch[name] = max(1, int(m))
         for attr in ("last", "last_epoch"):
             setattr(self, attr, {n: int(v) for n, v in state.get(attr, {}).items() if n in self.stretch})
+        self.waiting = {n for n in state.get("waiting", []) if n in self.stretch}
         spe = state.get("steps_per_epoch")
         self.steps_per_epoch = None if spe is None else float(spe)

@@ -53,7 +53,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from geomonitor.sharpness.hvp import checked_loss, flat_dtype, trainable
+from geomonitor.sharpness.hvp import checked_loss, flat_dtype, flat_grads, trainable
 
 __all__ = ["FiniteDifferenceHVP", "default_rel_step"]
 
@@ -116,8 +116,7 @@ class FiniteDifferenceHVP:
                 p.data.copy_(t)
         if all(g is None for g in grads):
             raise ValueError("the loss does not depend on params (every gradient is None)")
-        flat = torch.cat([(torch.zeros(p.numel(), device=self.device, dtype=self.dtype) if g is None
-                           else g.reshape(-1).to(self.dtype)) for g, p in zip(grads, self.params)])
+        flat = flat_grads(grads, self.params, self.dtype)
         if not torch.isfinite(flat).all().item():
             raise ValueError("the gradient of the loss has non-finite entries; the Hessian is undefined")
         return loss.detach(), flat

@@ -31,7 +31,7 @@ from typing import Callable, Sequence
 
 import torch
 
-__all__ = ["HVPOperator", "checked_loss", "trainable", "flat_dtype"]
+__all__ = ["HVPOperator", "checked_loss", "flat_dtype", "flat_grads", "trainable"]
 
 
 def trainable(params: Sequence[torch.Tensor] | torch.nn.Module, *, name: str = "params") -> list[torch.Tensor]:
@@ -71,6 +71,14 @@ def checked_loss(loss: object) -> torch.Tensor:
     return loss
 
 
+def flat_grads(grads: Sequence[torch.Tensor | None], params: Sequence[torch.Tensor],
+               dtype: torch.dtype) -> torch.Tensor:
+    """``grads`` (one per parameter, ``None`` for an unused one: zeros) as one flat (P,)
+    vector of ``dtype`` on the first parameter's device."""
+    return torch.cat([torch.zeros(p.numel(), device=params[0].device, dtype=dtype) if g is None
+                      else g.reshape(-1).to(dtype) for g, p in zip(grads, params)])
+
+
 def flat_dtype(params: Sequence[torch.Tensor]) -> torch.dtype:
     """The dtype of flat vectors for ``params``: float64 if any is float64, else float32."""
     return torch.float64 if any(p.dtype == torch.float64 for p in params) else torch.float32
@@ -102,11 +110,7 @@ class HVPOperator:
         if all(g is None for g in grads):
             raise ValueError("the loss does not depend on params (every gradient is None)")
         self.loss = loss.detach()
-        flat = [
-            (torch.zeros(p.numel(), device=self.device, dtype=self.dtype) if g is None else g.reshape(-1).to(self.dtype))
-            for g, p in zip(grads, self.params)
-        ]
-        self._grad = torch.cat(flat)
+        self._grad = flat_grads(grads, self.params, self.dtype)
         if not torch.isfinite(self._grad.detach()).all().item():
             raise ValueError("the gradient of the loss has non-finite entries; the Hessian is undefined")
         self._linear = not self._grad.requires_grad
@@ -127,12 +131,7 @@ class HVPOperator:
         v = v.to(device=self.device, dtype=self.dtype)
         with torch.enable_grad():
             hv = torch.autograd.grad(self._grad, self.params, grad_outputs=v, retain_graph=True, allow_unused=True)
-        out = torch.cat(
-            [
-                (torch.zeros(p.numel(), device=self.device, dtype=self.dtype) if h is None else h.reshape(-1).to(self.dtype))
-                for h, p in zip(hv, self.params)
-            ]
-        )
+        out = flat_grads(hv, self.params, self.dtype)
         if not torch.isfinite(out).all().item():
             raise ValueError("a Hessian-vector product has non-finite entries (overflow in the double backward)")
         return out

@@ -106,7 +106,7 @@ def test_periods_in_force_keep_the_asked_steps_and_follow_epochs():
     q = Periods({"a": Every(n_steps=10), "b": Every(n_epochs=2)})
     q.load_state_dict(p.state_dict())
     assert q.stretch == {"a": 3, "b": 4} and q.steps_per_epoch == 50
-    assert q.last == {"a": 70} and q.last_epoch == {"b": 9}
+    assert q.last == {"a": 70} and q.last_epoch == {"b": 9} and q.waiting == {"a"}
 
 
 class Costly(Family):
