@@ -115,51 +115,33 @@ def cnn(num_classes: int = 10) -> nn.Module:
     return SmallCNN(num_classes)
 
 
-class CharLM(nn.Module):
-    """``recipes/transformer.py``'s ``CharTransformer`` as a plain ``nn.Module`` (same modules,
-    parameter names and forward; no Lightning): token + learned position embeddings,
-    ``n_layers`` pre-LN ``nn.TransformerEncoderLayer`` blocks (no dropout) under a causal mask,
-    final LayerNorm, linear head. Input (B, T) token ids with T <= context; output
-    (B, T, vocab) logits. Modules: ``embed``, ``blocks.layers.N``, ``norm``, ``head``."""
+def _recipe():
+    """``recipes/transformer.py`` as a module (its model, text and vocabulary are the LM's)."""
+    import importlib.util
+    import os
 
-    def __init__(self, vocab: int, d_model: int = 128, n_layers: int = 4, n_heads: int = 4,
-                 context: int = 64) -> None:
-        super().__init__()
-        self.context = context
-        self.embed = nn.Embedding(vocab, d_model)
-        self.pos = nn.Parameter(torch.randn(context, d_model) * 0.02)
-        block = nn.TransformerEncoderLayer(d_model, n_heads, 4 * d_model, dropout=0.0,
-                                           batch_first=True, norm_first=True)
-        self.blocks = nn.TransformerEncoder(block, n_layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(d_model)
-        self.head = nn.Linear(d_model, vocab)
-        self.register_buffer("causal", nn.Transformer.generate_square_subsequent_mask(context),
-                             persistent=False)
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        T = idx.shape[1]
-        h = self.embed(idx) + self.pos[:T]
-        h = self.blocks(h, mask=self.causal[:T, :T], is_causal=True)
-        return self.head(self.norm(h))
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "recipes", "transformer.py")
+    spec = importlib.util.spec_from_file_location("_recipe_transformer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def char_lm(vocab: int) -> nn.Module:
-    """:class:`CharLM` at d_model 128, 4 blocks, 4 heads, context 64 (0.82M parameters at
-    ``vocab`` = 88, :func:`char_corpus`): input (B, T) int64 token ids in [0, vocab), T <= 64; output
-    (B, T, vocab) logits."""
-    return CharLM(vocab, d_model=128, n_layers=4, n_heads=4, context=64)
+    """The recipe's ``CharTransformer`` at d_model 128, 4 blocks, 4 heads, context 64 (0.82M
+    parameters at ``vocab`` = 88, :func:`char_corpus`): input (B, T) int64 token ids in
+    [0, vocab), T <= 64; output (B, T, vocab) logits. Modules: ``embed``, ``blocks.layers.N``,
+    ``norm``, ``head``."""
+    return _recipe().CharTransformer(vocab, d_model=128, n_layers=4, n_heads=4, context=64)
 
 
 def char_corpus() -> tuple[str, torch.Tensor, int]:
-    """``recipes/transformer.py``'s text (the source of the ``argparse`` module): the text, its
-    ids (characters sorted) and the vocabulary size."""
-    import argparse as text_source
-    import inspect
-
-    text = inspect.getsource(text_source)
-    chars = sorted(set(text))
-    index = {c: i for i, c in enumerate(chars)}
-    return text, torch.tensor([index[c] for c in text], dtype=torch.long), len(chars)
+    """The recipe's text (the source of the ``argparse`` module): the text, its ids (the
+    recipe's ``Vocabulary``: characters sorted) and the vocabulary size."""
+    recipe = _recipe()
+    text = recipe.corpus()
+    vocab = recipe.Vocabulary(text)
+    return text, vocab.encode(text), len(vocab)
 
 
 def _windows(ids: torch.Tensor, context: int, n: int, gen: torch.Generator):

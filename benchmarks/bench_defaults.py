@@ -41,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _models  # noqa: E402
 
 from geomonitor.monitor import Monitor  # noqa: E402
+from geomonitor.monitor.summary import period_text  # noqa: E402
 from geomonitor.sharpness import HVPOperator, SharpnessEstimator  # noqa: E402
 from geomonitor.sharpness.isolation import isolated  # noqa: E402
 from geomonitor.sharpness.preconditioned import adam_preconditioner  # noqa: E402
@@ -86,7 +87,7 @@ def overhead(case: str, steps: int, rounds: int) -> None:
         fams = [s["families"][name] for s in summaries]
         pts = ", ".join(str(f["points"]) for f in fams)
         cost = ", ".join("-" if f["cost_steps"] is None else f"{f['cost_steps']:.1f}" for f in fams)
-        print(f"| {name} | {pts} | {cost} | {fams[-1]['period']} |")
+        print(f"| {name} | {pts} | {cost} | {period_text(fams[-1]['period'])} |")
 
 
 def _lm(gelu: bool, seed: int = 0):
