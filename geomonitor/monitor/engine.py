@@ -373,6 +373,7 @@ class Monitor:
         # due on the asked schedule (every rank reaches these steps together): "off" when the
         # plan's period skips the step, else "run" or "skip" by the guard, asked in turn (each
         # one sees what the ones admitted before it will spend)
+        due = sorted(due, key=lambda f: not f.hooks_shared_forward)  # one shared forward
         states, planned = [], 0.0
         for f in due:
             if not self.periods.due(f.name, step, epoch):

@@ -123,13 +123,16 @@ class Family:
     Class attributes: ``name`` (the key used for its schedule, cost and error counts),
     ``needs_probe`` (whether a probe set must be drawn), ``needs_activations`` (whether it
     reads ``ctx.activations()``: the engine resolves the selected layers only then),
-    ``needs_loss`` (whether it reads ``ctx.loss_fn``: without one the engine disables it).
+    ``needs_loss`` (whether it reads ``ctx.loss_fn``: without one the engine disables it),
+    ``hooks_shared_forward`` (whether it puts hooks on the shared activation forward: the
+    engine runs such families first at a step, so that the forward runs once).
     """
 
     name: str = ""
     needs_probe: bool = True
     needs_activations: bool = False
     needs_loss: bool = False
+    hooks_shared_forward: bool = False
 
     def __init__(self, schedule: Every) -> None:
         if not isinstance(schedule, Every):

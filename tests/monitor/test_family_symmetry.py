@@ -347,3 +347,30 @@ def test_a_failing_shared_forward_falls_back_and_fails_the_rankme_item_only_once
     fam2 = SymmetryFamily(Every(n_steps=1), activation_ranks=False)
     m = fam2.run(Context(net, 2, (x, y), broken, forward=lambda m, b: m(b[0])))
     assert m.errors == [] and metric_key("symmetry", "0", "dead_fraction") in m.metrics
+
+
+def test_the_engine_runs_one_probe_forward_for_symmetry_and_intrinsic_dimension():
+    """Due at the same step, ID (asked first) and symmetry share the engine's one activation
+    forward: the family whose hooks ride on it runs first. Counted on the model itself."""
+    from geomonitor.monitor import Monitor
+    from geomonitor.monitor.families import IntrinsicDimensionFamily
+
+    torch.manual_seed(0)
+    net = _Counting(nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 3)).double())
+    with torch.no_grad():
+        net.net[0].bias[[1, 4, 8]] = -50.0
+    x, y = _digits_like()
+    mon = Monitor(net, probe=(x, y), families=[IntrinsicDimensionFamily(Every(n_steps=1)),
+                                              SymmetryFamily(Every(n_steps=1))],
+                  layers=["net.1"], max_overhead=None, verbose=False)
+    try:
+        mon.step(1)  # cold: structure discovery runs forwards of its own
+        calls = []
+        for s in (2, 3):
+            net.calls = 0
+            mon.step(s)
+            calls.append(net.calls)
+        assert calls == [1, 1]
+        assert mon.measured == {"id": 3, "symmetry": 3} and mon.errors == {}
+    finally:
+        mon.close()

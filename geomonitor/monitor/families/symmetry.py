@@ -100,6 +100,7 @@ class SymmetryFamily(Family):
     name = "symmetry"
     needs_probe = True
     needs_activations = True
+    hooks_shared_forward = True
 
     def __init__(self, schedule: Every, *, duplicate_threshold: float = 0.99,
                  max_svd_size: int | None = 1024, rankme_eps: float = 1e-7,
