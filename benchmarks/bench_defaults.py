@@ -22,6 +22,7 @@ of 3x32x32 images) and the 0.82M-parameter causal transformer LM of ``recipes/tr
    Adam-preconditioned Hessian-vector products.
 
     python benchmarks/bench_defaults.py --rounds 3 --threads 2
+    python benchmarks/bench_defaults.py --rounds 3 --device cuda     # on a GPU
 """
 from __future__ import annotations
 
@@ -49,9 +50,23 @@ from geomonitor.sharpness.preconditioned import adam_preconditioner  # noqa: E40
 CASES = {"cnn": _models.cnn_case, "lm": _models.char_lm_case}
 
 
+DEVICE = torch.device("cpu")
+
+
+def _to(x):
+    return tuple(t.to(DEVICE) for t in x)
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
+
+
 def _fit(case: str, steps: int, monitored: bool, seed: int) -> tuple[float, dict | None]:
     model, _, probe, loss = CASES[case](seed=seed)
-    data = CASES[case](seed=seed + 1, batch_size=64 * 16)[1]   # 16 batches, cycled
+    model, probe = model.to(DEVICE), _to(probe)
+    data = _to(CASES[case](seed=seed + 1, batch_size=64 * 16)[1])   # 16 batches, cycled
+    _sync()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     mon = Monitor(model, probe=probe, loss_fn=loss, total_steps=steps, verbose=False) if monitored else None
     t0 = time.perf_counter()
@@ -65,6 +80,7 @@ def _fit(case: str, steps: int, monitored: bool, seed: int) -> tuple[float, dict
             mon.step(s, optimizer=opt)
     if mon is not None:
         mon.close()
+    _sync()
     return time.perf_counter() - t0, (mon.summary() if mon is not None else None)
 
 
@@ -92,6 +108,7 @@ def overhead(case: str, steps: int, rounds: int) -> None:
 
 def _lm(gelu: bool, seed: int = 0):
     model, batch, probe, loss = _models.char_lm_case(seed=seed)
+    model, batch, probe = model.to(DEVICE), _to(batch), _to(probe)
     if gelu:
         for layer in model.blocks.layers:
             layer.activation, layer.activation_relu_or_gelu = F.gelu, 2
@@ -104,12 +121,13 @@ def _reference(model, lossf, opt) -> float:
 
     params = [p for p in model.parameters() if p.requires_grad]
     d = adam_preconditioner(opt, params).rsqrt().float()
+    dev = d.device
     with isolated(model) as m:
         op = HVPOperator(lossf, params)
 
         def mv(x):
-            v = torch.from_numpy(np.asarray(x, dtype=np.float32).ravel())
-            return (d * op(d * v)).double().numpy()
+            v = torch.from_numpy(np.asarray(x, dtype=np.float32).ravel()).to(dev)
+            return (d * op(d * v)).double().cpu().numpy()
 
         val = sla.eigsh(sla.LinearOperator((op.dim, op.dim), matvec=mv), k=1, which="LA", tol=1e-6)[0][0]
         op.release()
@@ -122,7 +140,7 @@ def backends(threads: int) -> None:
     print("|---|---|---|---|")
     for gelu in (False, True):
         model, batch, probe, loss = _lm(gelu)
-        data = _models.char_lm_case(seed=1, batch_size=64 * 40)[1]
+        data = _to(_models.char_lm_case(seed=1, batch_size=64 * 40)[1])
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
         sharp_batch = tuple(t[:32] for t in probe)
         lossf = lambda: loss(model, sharp_batch)  # noqa: E731
@@ -136,10 +154,12 @@ def backends(threads: int) -> None:
             for _ in range(n):
                 i = step % 40
                 step += 1
+                _sync()
                 t0 = time.perf_counter()
                 opt.zero_grad()
                 loss(model, tuple(t[64 * i: 64 * (i + 1)] for t in data)).backward()
                 opt.step()
+                _sync()
                 times.append(time.perf_counter() - t0)
             return statistics.median(times)
 
@@ -147,8 +167,10 @@ def backends(threads: int) -> None:
             t_step = train(n)
             ref = _reference(model, lossf, opt)
             for b, est in ests.items():
+                _sync()
                 t0 = time.perf_counter()
                 r = est.measure(model, lossf, optimizer=opt)
+                _sync()
                 t = time.perf_counter() - t0
                 cells[b].append(f"{t / t_step:.1f} / {r.n_hvp} / {abs(r.sharpness - ref) / ref:.1e}")
         for b in ests:
@@ -161,11 +183,15 @@ def main() -> None:
     ap.add_argument("--cnn-steps", type=int, default=1000)
     ap.add_argument("--lm-steps", type=int, default=300)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--skip", nargs="*", default=[], choices=["cnn", "lm", "backends"])
     args = ap.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     torch.set_num_threads(args.threads)
+    gpu = torch.cuda.get_device_name(DEVICE) if DEVICE.type == "cuda" else "none"
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch "
-          f"{torch.__version__}, {args.threads} threads, device cpu (no GPU here)")
+          f"{torch.__version__}, {args.threads} threads, device {DEVICE} (GPU: {gpu})")
     if "cnn" not in args.skip:
         overhead("cnn", args.cnn_steps, args.rounds)
     if "lm" not in args.skip:
