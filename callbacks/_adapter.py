@@ -12,6 +12,7 @@ batch with its ``self.log`` calls silenced), rank 0's cost-cap decisions broadca
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -20,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from geomonitor.callbacks._lightning import CALLBACK_BASES
 from geomonitor.callbacks.sinks import trainer_sink
-from geomonitor.monitor.engine import Monitor, default_forward
+from geomonitor.monitor.engine import Monitor, MonitorWarning, default_forward
 from geomonitor.monitor.families import build_families
 from geomonitor.monitor.families.sharpness import as_loss
 
@@ -116,6 +117,15 @@ class MonitorCallback(*CALLBACK_BASES):
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
         if stage == "fit":
             self._build(trainer, pl_module)
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # Lightning restores a callback's state only when the checkpoint has an entry for it,
+        # and says nothing otherwise (e.g. a checkpoint written without this callback)
+        if getattr(trainer, "ckpt_path", None) and not self._pending_state and trainer.is_global_zero:
+            warnings.warn(f"{type(self).__name__}: resumed from {trainer.ckpt_path} at step "
+                          f"{trainer.global_step} without monitor state in the checkpoint; the "
+                          "geometry series starts afresh (a new probe set is drawn)",
+                          MonitorWarning, stacklevel=2)
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -37,7 +37,9 @@ Cost: one deep copy of the model (one model's memory on its device) and ``n_alph
 ``loss_fn`` (``2 n_alpha`` with BatchNorm and ``reset_bn``), plus the interpolation,
 O(number of parameters) per alpha.
 
-Failure modes: state dicts whose keys or shapes differ from the model's, ``n_alpha < 2``, a
+Failure modes: state dicts whose keys or shapes differ from the model's, or with an entry
+of another kind than the model's (an integer or bool entry where the model's is
+floating-point, which would be copied instead of interpolated, or the reverse), ``n_alpha < 2``, a
 ``loss_fn`` that returns something else than a scalar or a ``(loss, error)`` pair, or a
 non-finite loss (``ValueError`` naming alpha) raise; nothing is returned half-computed.
 
@@ -111,15 +113,38 @@ def _check_states(ref: Mapping[str, torch.Tensor], a: Mapping[str, torch.Tensor]
             if tuple(st[k].shape) != tuple(v.shape):
                 raise ValueError(f"{name}[{k!r}] has shape {tuple(st[k].shape)}, the model's "
                                  f"has {tuple(v.shape)}")
+            if _kind(st[k]) != _kind(v):
+                raise ValueError(f"{name}[{k!r}] has dtype {st[k].dtype}, the model's has {v.dtype}: "
+                                 f"{_a(_kind(v))} entry is needed ({_a(_kind(st[k]))} one would not "
+                                 "be interpolated)")
+
+
+def _kind(t: torch.Tensor) -> str:
+    """What interpolation does with an entry: 'floating-point' and 'complex' ones are
+    interpolated, 'integer or bool' ones are copied from ``state_a``."""
+    return "complex" if t.is_complex() else "floating-point" if t.is_floating_point() else "integer or bool"
+
+
+def _a(kind: str) -> str:
+    return ("an " if kind[0] in "aeiou" else "a ") + kind
 
 
 def interpolate_state(state_a: Mapping[str, torch.Tensor], state_b: Mapping[str, torch.Tensor],
                       alpha: float) -> dict[str, torch.Tensor]:
     """(1 - alpha) state_a + alpha state_b for float entries (in float32 at least, cast back to
-    the entry's dtype); non-float entries are ``state_a``'s. Keys must match."""
+    the entry's dtype); non-float entries are ``state_a``'s. Keys must match, and each entry
+    of ``state_b`` must be of the kind of ``state_a``'s (float, complex, or integer/bool):
+    ``ValueError`` otherwise."""
+    missing, extra = sorted(set(state_a) - set(state_b)), sorted(set(state_b) - set(state_a))
+    if missing or extra:
+        raise ValueError(f"state_b does not match state_a: missing keys {missing[:5]}, "
+                         f"unexpected keys {extra[:5]}")
     out = {}
     for k, a in state_a.items():
         b = state_b[k]
+        if _kind(a) != _kind(b):
+            raise ValueError(f"state_b[{k!r}] has dtype {b.dtype}, state_a's has {a.dtype}: "
+                             f"{_a(_kind(a))} entry is needed")
         if a.is_floating_point() or a.is_complex():
             work = torch.promote_types(a.dtype, torch.float32)
             b = b.to(a.device)
@@ -199,7 +224,8 @@ def loss_barrier(model: nn.Module, state_a: nn.Module | Mapping[str, torch.Tenso
     Args:
         model: the architecture; it is deep-copied, never modified.
         state_a, state_b: state dicts (or modules whose state dicts are used) with the
-            model's keys and shapes; on any device.
+            model's keys and shapes, floating-point where the model's entry is (any float
+            dtype), integer/bool where it is; on any device.
         loss_fn: ``loss_fn(m) -> loss`` or ``-> (loss, error)`` evaluated on the copy ``m``
             (a scalar tensor or float each); called in eval mode under ``torch.no_grad``.
         n_alpha: number of grid points (>= 2), alpha = 0, 1/(n-1), ..., 1.

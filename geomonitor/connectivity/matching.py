@@ -115,6 +115,9 @@ def _is_meta(node: fx.Node, meta: set[fx.Node]) -> bool:
 
 
 def _spec(model: nn.Module) -> _Spec:
+    if isinstance(model, _WEIGHT + _BN) and next(model.children(), None) is None:
+        raise _refuse(f"it is a single {type(model).__name__} layer, which has no hidden units "
+                      "to permute (a chain of at least two Linear/Conv layers is needed)")
     try:
         gm = fx.symbolic_trace(model)
     except Exception as exc:  # noqa: BLE001 - the trace error is the explanation
@@ -132,7 +135,9 @@ def _spec(model: nn.Module) -> _Spec:
             meta.add(node)
             continue
         if node.op == "get_attr":
-            raise _refuse(f"node {node.name!r} reads the tensor {node.target!r} outside a module")
+            raise _refuse(f"node {node.name!r} uses the parameter or buffer {node.target!r} "
+                          "directly in forward (e.g. x * self.scale or F.linear(x, self.weight)) "
+                          "instead of through a submodule, so its action on the units is unknown")
         data_in = [n for n in _node_inputs(node) if n not in meta]
         if len(data_in) != 1:
             raise _refuse(f"node {node.name!r} ({node.target}) combines {len(data_in)} tensors "

@@ -21,6 +21,14 @@ translation by a real number of samples.
 
 Shapes: ``x`` (N, ...); ``f(x)`` (N, ...); ``flow(x, t)`` takes a 0-dim tensor ``t``.
 
+Precision: ``x`` is computed in float32 (float64 stays float64; fp16/bf16 input is cast to
+float32). A model ``f`` (an ``nn.Module``) with fp16/bf16 parameters or buffers is evaluated
+with float32 copies of them (``torch.func.functional_call``; the model itself is not
+modified): the derivative is that of the same weights in float32 arithmetic, as the
+monitor's equivariance family measures half-precision models. A plain callable wrapping a
+half-precision model cannot be seen into: pass the module itself (the dtype mismatch is
+then a ``ValueError`` saying so).
+
 Cost: about two to three forward passes of f (forward-mode AD), no stored graph.
 
 Failure modes: a non-tensor output, non-finite derivatives, a flow / model that forward-mode
@@ -37,10 +45,12 @@ Example:
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch import nn
 
 __all__ = ["fourier_shift", "lie_derivative", "lie_derivative_tensor"]
 
@@ -51,6 +61,11 @@ def fourier_shift(x: torch.Tensor, t: torch.Tensor | float, dim: int = -1) -> to
     """Circular translation of ``x`` by ``t`` samples along ``dim`` (a real ``t``), by the phase
     of its discrete Fourier transform; equals ``torch.roll(x, t, dim)`` for integer ``t`` up to
     float rounding, and is differentiable in ``t``. Real input, real output of ``x``'s dtype."""
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -x.dim() <= dim < x.dim():
+        raise ValueError(f"dim must be an int in [{-x.dim()}, {x.dim() - 1}] for x of shape "
+                         f"{tuple(x.shape)}, got {dim!r}")
     n = x.shape[dim]
     k = torch.fft.fftfreq(n, device=x.device, dtype=torch.float64 if x.dtype == torch.float64 else torch.float32)
     t = torch.as_tensor(t, dtype=k.dtype, device=x.device)
@@ -73,6 +88,8 @@ def lie_derivative_tensor(f: Callable[[torch.Tensor], Any], x: torch.Tensor, flo
         raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
     work = torch.promote_types(x.dtype, torch.float32)
     x = x.detach().to(work)
+    if isinstance(f, nn.Module):
+        f = _half_in_float32(f)
 
     def g(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         xt = flow(x, t)
@@ -87,7 +104,11 @@ def lie_derivative_tensor(f: Callable[[torch.Tensor], Any], x: torch.Tensor, flo
     try:
         _, (dx, d) = torch.func.jvp(g, (t0,), (torch.ones_like(t0),))
     except RuntimeError as exc:
-        raise ValueError(f"forward-mode differentiation of t -> f(flow(x, t)) failed: {exc}") from exc
+        hint = ""
+        if any(w in str(exc) for w in ("Half", "BFloat16")):
+            hint = (f"; x is computed in {work}: for a half-precision model pass the nn.Module "
+                    "itself as f (its fp16/bf16 weights are then read in float32)")
+        raise ValueError(f"forward-mode differentiation of t -> f(flow(x, t)) failed: {exc}{hint}") from exc
     if not bool((dx != 0).any()):
         raise ValueError("d/dt flow(x, t) = 0 at t = 0 for the whole batch: the flow does not move "
                          "x or is not differentiable in t (e.g. torch.roll(x, int(t)); use "
@@ -95,6 +116,17 @@ def lie_derivative_tensor(f: Callable[[torch.Tensor], Any], x: torch.Tensor, flo
     if not torch.isfinite(d).all():
         raise ValueError("the Lie derivative is not finite (NaN or Inf)")
     return d.detach()
+
+
+def _half_in_float32(model: nn.Module) -> Callable[[torch.Tensor], Any]:
+    """``model`` itself, or, when it has fp16/bf16 parameters or buffers, ``model`` evaluated
+    with float32 copies of those (``functional_call``; tied weights stay tied)."""
+    half = {name: t for name, t in itertools.chain(model.named_parameters(), model.named_buffers())
+            if t.dtype in (torch.float16, torch.bfloat16)}
+    if not half:
+        return model
+    values = {name: t.detach().float() for name, t in half.items()}
+    return lambda inp: torch.func.functional_call(model, values, (inp,))
 
 
 def lie_derivative(f: Callable[[torch.Tensor], Any], x: torch.Tensor, flow: Flow,

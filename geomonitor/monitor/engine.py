@@ -47,7 +47,7 @@ from geomonitor.monitor.layers import LayerSelector, capture_activations
 from geomonitor.monitor.model_io import (default_forward, make_probe, model_device,
                                          torch_broadcast, unwrap_model)
 from geomonitor.monitor.periods import Periods
-from geomonitor.monitor.probe import ProbeSet
+from geomonitor.monitor.probe import ProbeSet, size_warning
 from geomonitor.monitor.sink import as_sink
 from geomonitor.monitor.summary import format_summary, period_text, summarize
 from geomonitor.monitor.worker import BackgroundWorker
@@ -355,6 +355,10 @@ class Monitor:
         if callable(source) and not hasattr(source, "dataset"):
             source = source()
         probe = make_probe(source, self.probe_size, self.probe_seed)
+        note = size_warning(len(probe), [f.name for f in self.families if f.enabled and f.needs_probe
+                                         and getattr(f, "probe_size", None) is None])
+        if note:  # families reading the whole probe set: its size is their cost
+            self._warn_once("probe/size", note)
         if self._probe_state is not None:
             self._load_probe(probe)
         self._probe = probe.to(model_device(self.model))

@@ -20,15 +20,23 @@ Example:
     ...         if s == 10: _ = p.update({"id": 30})  # the plan after the first point
     >>> due
     [10, 40, 70]
+
+Resume: :meth:`Periods.state_dict` keeps the asked schedules too, and
+:meth:`Periods.load_state_dict` warns (``MonitorWarning``) naming every schedule that differs
+from the checkpoint's as its option (``id_every_n_steps=20 (checkpoint: 10)``): the
+schedules given now apply, counted from the checkpoint's last points.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from geomonitor.monitor.schedule import Every
 
 __all__ = ["Periods"]
+
+_OPTION = {"neural_persistence": "np"}  # family name -> its options' prefix, where they differ
 
 
 class Periods:
@@ -116,9 +124,11 @@ class Periods:
     def state_dict(self) -> dict[str, Any]:
         return {"stretch": dict(self.stretch), "last": dict(self.last),
                 "last_epoch": dict(self.last_epoch), "waiting": sorted(self.waiting),
-                "steps_per_epoch": self.steps_per_epoch}
+                "steps_per_epoch": self.steps_per_epoch,
+                "asked": {n: [e.n_steps, e.n_epochs] for n, e in self.schedules.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self._name_changed_schedules(state.get("asked", {}))
         for name, m in state.get("stretch", {}).items():
             if name in self.stretch:
                 self.stretch[name] = max(1, int(m))
@@ -127,3 +137,17 @@ class Periods:
         self.waiting = {n for n in state.get("waiting", []) if n in self.stretch}
         spe = state.get("steps_per_epoch")
         self.steps_per_epoch = None if spe is None else float(spe)
+
+    def _name_changed_schedules(self, saved: Mapping[str, Any]) -> None:
+        differ = []
+        for name, sched in self.schedules.items():
+            if name not in saved:
+                continue
+            for unit, now, then in zip(("steps", "epochs"), (sched.n_steps, sched.n_epochs), saved[name]):
+                if now != then:
+                    differ.append(f"{_OPTION.get(name, name)}_every_n_{unit}={now!r} (checkpoint: {then!r})")
+        if differ:
+            from geomonitor.monitor.engine import MonitorWarning  # the engine imports this module
+
+            warnings.warn(f"Monitor resumed with {', '.join(differ)}: these schedules apply, counted "
+                          "from the checkpoint's last points", MonitorWarning, stacklevel=4)

@@ -62,6 +62,12 @@ same dataloader and given that state produces the identical batch (for an iterab
 if the stream yields the same first samples again).
 
 Cost: ``size`` dataset reads and one collate, once. Memory: one batch of ``size`` samples.
+What the probe set costs later, per measurement, grows with its size: every family that reads
+the whole set runs the model forward on all N samples, and the intrinsic dimension's
+neighbour search is O(N^2 D) per layer. The size is not bounded (a large probe set on a GPU
+can be what a user wants), but above :data:`LARGE_PROBE` samples :func:`size_warning` gives
+the monitor a warning with that estimate, issued once at the draw, before the first
+measurement runs on the training thread.
 
 Example:
     >>> import torch
@@ -84,7 +90,12 @@ from torch.utils.data import IterableDataset, default_collate
 from geomonitor._checks import positive_int
 from geomonitor.monitor._untouched import close_iterator, fresh_iterator, held_objects, untouched
 
-__all__ = ["ProbeSet", "move_to"]
+__all__ = ["LARGE_PROBE", "ProbeSet", "move_to", "size_warning"]
+
+#: Probe sets larger than this get a cost warning (:func:`size_warning`): 32 times the
+#: default 256 samples, so 1024 times the default's pairwise-distance work.
+LARGE_PROBE = 8192
+_DEFAULT_SIZE = 256
 
 _STATE_VERSION = 1
 _SOURCES = ("dataloader", "iterable", "tensors")
@@ -102,6 +113,26 @@ def _draw(n: int, size: int | None, seed: int) -> torch.Tensor:
         return torch.arange(n)
     gen = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=gen)[:size].sort().values
+
+
+def size_warning(n: int, readers: list[str]) -> str | None:
+    """The cost warning for a probe set of ``n`` samples read whole by the families
+    ``readers`` (names), or ``None`` when ``n <= LARGE_PROBE`` or no family reads it whole.
+
+    The estimate: one forward pass of the model over the ``n`` samples per measurement and
+    family, and, with the intrinsic dimension (``"id"``), ``n^2`` pairwise distances per
+    layer, about ``2 n^2 D`` flops for a layer of width D.
+    """
+    if n <= LARGE_PROBE or not readers:
+        return None
+    text = (f"the probe set has {n:,} samples (more than {LARGE_PROBE:,}): every measurement of "
+            f"{', '.join(readers)} runs the model forward on all of them on the training thread")
+    if "id" in readers:
+        text += (f", and the intrinsic dimension computes N^2 = {n * n:.1e} pairwise distances per "
+                 f"layer (about 2 N^2 D = {2 * n * n:.1e} x D flops for a layer of width D, "
+                 f"{(n / _DEFAULT_SIZE) ** 2:,.0f} times the cost at probe_size={_DEFAULT_SIZE})")
+    return (text + "; the first measurement runs before the cost cap has measured anything and "
+            f"may take minutes. A probe_size of at most {LARGE_PROBE:,} keeps it short.")
 
 
 def move_to(obj: Any, device: torch.device | str) -> Any:

@@ -18,20 +18,33 @@ Cost: O(m N D) flops (one matrix-vector product per landmark; O(m N) with the Gr
 O(N) extra memory; all on ``X.device``. On the CPU the loop runs on numpy views; on
 accelerators it launches kernels without waiting for them, with one host check at the end.
 
+Input. ``X`` passes the boundary of :func:`geomonitor.knn`
+(:func:`geomonitor._inputs.as_points`): numpy arrays and other array-likes are accepted,
+integers and bool are computed in float32 (64-bit integers in float64), float16/bfloat16 in
+float32; complex input, a shape other than (N, D) or N = 0 is a ``ValueError``, and so is a
+row with NaN or Inf (naming the rows): the landmarks are row indices, so dropping rows would
+renumber them. The cloud is scaled by a power of two first
+(:func:`geomonitor._inputs.unit_scale`, exact), so float32 clouds with values near 1e30
+pick the landmarks a float64 computation picks, and the radius is scaled back.
+
 Example:
     >>> X = torch.randn(5000, 64)
     >>> idx, eps = farthest_point_sampling(X, 300, generator=torch.Generator().manual_seed(0))
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
+
+from geomonitor._inputs import as_points, unit_scale, unscale
 
 __all__ = ["farthest_point_sampling"]
 
 
 def farthest_point_sampling(
-    X: torch.Tensor,
+    X: Any,
     n_landmarks: int,
     *,
     generator: torch.Generator | None = None,
@@ -40,22 +53,31 @@ def farthest_point_sampling(
     """Maxmin landmarks of ``X`` and their covering radius.
 
     Args:
-        X: (N, D) floating tensor with finite values; any device.
+        X: (N, D) point cloud with finite values: a tensor on any device, or a numpy array
+            (see the module docstring for dtypes).
         n_landmarks: landmarks wanted, >= 1. If it is >= N, every point is returned and the
             radius is 0.
         generator: draws the first landmark (on the generator's device); default a fresh
             default-seeded ``torch.Generator()`` so results are reproducible.
-        gram_matrix: ``geomonitor.topology.mst.gram(X - X.mean(0))`` if the caller has it;
-            each step then reads one row instead of a matrix-vector product.
+        gram_matrix: ``geomonitor.topology.mst.gram(X - X.mean(0))`` if the caller has it
+            (in the compute dtype and the units of ``X``); each step then reads one row
+            instead of a matrix-vector product.
 
     Returns:
         ``(idx, eps)``: (m,) long tensor of row indices on ``X.device`` and the covering radius
         ``eps`` as a float. Sampling stops early (m < n_landmarks) once every point lies at
         distance 0 from a landmark, e.g. a cloud with fewer distinct points than landmarks.
+
+    Raises:
+        ValueError: a bad ``n_landmarks``; ``X`` complex, not (N, D), empty or with NaN/Inf
+            rows; a radius beyond the compute dtype's range.
     """
-    n = X.shape[0]
     if isinstance(n_landmarks, bool) or not isinstance(n_landmarks, int) or n_landmarks < 1:
         raise ValueError(f"n_landmarks must be an int >= 1, got {n_landmarks!r}")
+    X, e = unit_scale(as_points(X, min_points=1, drop_nonfinite=False).X)
+    if gram_matrix is not None and e:  # the caller's Gram matrix, in the units of the scaled X
+        gram_matrix = (unscale(gram_matrix[0], -2 * e), unscale(gram_matrix[1], -2 * e))
+    n = X.shape[0]
     if n_landmarks >= n:
         return torch.arange(n, device=X.device), 0.0
     if generator is None:
@@ -72,7 +94,7 @@ def farthest_point_sampling(
     # covering radius, recomputed directly at the farthest point (no cancellation error)
     far = int(mind.argmax())
     eps = float((Xc[idx] - Xc[far]).norm(dim=1).min()) if float(mind[far]) > 0 else 0.0
-    return idx, eps
+    return idx, float(unscale(torch.tensor(eps, dtype=torch.float64), e))
 
 
 _NUMPY = (torch.float32, torch.float64)

@@ -32,17 +32,27 @@ Edge *selection* uses the expanded form ``|a|^2 + |b|^2 - 2<a, b>`` on the centr
 the N - 1 selected lengths are then recomputed directly as ``||x_i - x_j||`` so they carry
 no cancellation error.
 
+Input. ``X`` passes the boundary of :func:`geomonitor.knn`
+(:func:`geomonitor._inputs.as_points`): numpy arrays and other array-likes are accepted,
+integers and bool are computed in float32 (64-bit integers in float64), float16/bfloat16 in
+float32, and the lengths have that compute dtype; complex input, a shape other than (N, D) or
+N = 0 is a ``ValueError``, and so is a row with NaN or Inf (naming the rows: the edges are
+row indices). The cloud is scaled by a power of two first
+(:func:`geomonitor._inputs.unit_scale`, exact), so float32 clouds with values near 1e30 give
+finite lengths; lengths beyond the compute dtype's range raise ``ValueError``.
+
 Example:
     >>> X = torch.randn(500, 16)
     >>> lengths = mst_edge_lengths(X)      # (499,), ascending; = finite H0 deaths
 """
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
+from geomonitor._inputs import as_points, unit_scale, unscale
 from geomonitor.distances import auto_chunk_size, sq_dists
 
 __all__ = ["gram", "mst_edge_lengths", "mst_edges"]
@@ -60,7 +70,7 @@ def gram(Xc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def mst_edges(
-    X: torch.Tensor,
+    X: Any,
     *,
     dense_max: int = DENSE_MAX,
     chunk_size: int | None = None,
@@ -69,22 +79,31 @@ def mst_edges(
     """Edges of a Euclidean minimum spanning tree of the rows of ``X``.
 
     Args:
-        X: (N, D) floating tensor, N >= 1, finite values; any device.
+        X: (N, D) point cloud, N >= 1, finite values: a tensor on any device, or a numpy
+            array (see the module docstring for dtypes).
         dense_max: largest N handled on the dense N x N Gram matrix; above it, Prim on cached
             rows (CPU) or chunked Borůvka (accelerators) keeps memory at O(chunk_size * N).
         chunk_size: rows per distance block above ``dense_max`` (and of Borůvka); default
             ~128 MiB per block.
-        gram_matrix: ``gram(X - X.mean(0))`` if the caller already has it.
+        gram_matrix: ``gram(X - X.mean(0))`` if the caller already has it (in the compute
+            dtype and the units of ``X``).
 
     Returns:
         ``(edges, lengths)``: (N - 1, 2) long tensor of endpoint indices and (N - 1,)
-        lengths ``||x_i - x_j||`` recomputed directly, in ``X.dtype`` on ``X.device``.
+        lengths ``||x_i - x_j||`` recomputed directly, in the compute dtype on ``X``'s device.
+
+    Raises:
+        ValueError: ``X`` complex, not (N, D), empty or with NaN/Inf rows; lengths beyond the
+            compute dtype's range.
 
     Cost: O(N^2 D) flops for the Gram matrix, then O(N) per step over N steps (Prim, CPU)
     or O(N^2) per round over at most ceil(log2 N) rounds (Borůvka on the Gram matrix,
     accelerators). Above ``dense_max``: O(R N D) flops for the R >= N rows formed plus O(N^2)
     (Prim on cached rows, CPU), or O(N^2 D log N) (chunked Borůvka, accelerators).
     """
+    X, e = unit_scale(as_points(X, min_points=1, drop_nonfinite=False).X)
+    if gram_matrix is not None and e:  # the caller's Gram matrix, in the units of the scaled X
+        gram_matrix = (unscale(gram_matrix[0], -2 * e), unscale(gram_matrix[1], -2 * e))
     n = X.shape[0]
     if n < 2:
         return (torch.empty(0, 2, dtype=torch.long, device=X.device),
@@ -106,16 +125,16 @@ def mst_edges(
         x_sq = (Xc * Xc).sum(dim=1)
         edges = _boruvka(lambda s, e: sq_dists(Xc[s:e], Xc, x_sq), n, Xc.device, Xc.dtype, cs)
     lengths = (Xc[edges[:, 0]] - Xc[edges[:, 1]]).norm(dim=1)
-    return edges, lengths
+    return edges, unscale(lengths, e)
 
 
 def mst_edge_lengths(
-    X: torch.Tensor, *, dense_max: int = DENSE_MAX, chunk_size: int | None = None
+    X: Any, *, dense_max: int = DENSE_MAX, chunk_size: int | None = None
 ) -> torch.Tensor:
     """Sorted EMST edge lengths = the N - 1 finite H0 deaths of Rips persistence (see module).
 
     Zero lengths (duplicate points) are kept here; :func:`persistence_diagrams` drops them as
-    zero-persistence bars.
+    zero-persistence bars. Input and errors as in :func:`mst_edges`.
     """
     return mst_edges(X, dense_max=dense_max, chunk_size=chunk_size)[1].sort().values
 

@@ -252,3 +252,41 @@ def test_mixed_pairs_and_bare_losses():
 
     with pytest.raises(TypeError, match=r"a \(loss, error\) pair at some alphas and a bare loss"):
         loss_barrier(m, m, m, loss_fn, n_alpha=3)
+
+
+def test_integer_or_bool_state_dicts_are_refused():
+    # an integer copy of a float model's state would be copied instead of interpolated:
+    # state_b ignored, a flat curve and a barrier of 0 (numpy reference: the curve is not flat)
+    m = _lin()
+    sa = {k: v.round().long() for k, v in m.state_dict().items()}
+    for bad_a, bad_b, name in ((sa, m, "state_a"), (m, sa, "state_b")):
+        with pytest.raises(ValueError, match=rf"{name}\['weight'\] has dtype torch.int64, the model's has "
+                                             r"torch.float32: a floating-point entry is needed"):
+            loss_barrier(m, bad_a, bad_b, lambda mm: mm.weight.sum())
+    with pytest.raises(ValueError, match=r"state_a\['bias'\] has dtype torch.bool"):
+        loss_barrier(m, {"weight": torch.zeros(1, 2), "bias": torch.ones(1, dtype=torch.bool)}, m,
+                     lambda mm: mm.weight.sum())
+    model = WithIntBuffer()
+    st = dict(model.state_dict())
+    st["counter"] = torch.tensor(3.0)  # a float where the model keeps an integer
+    with pytest.raises(ValueError, match=r"state_b\['counter'\] has dtype torch.float32, the model's has "
+                                         r"torch.int64: an integer or bool entry is needed"):
+        loss_barrier(model, model, st, lambda mm: mm.lin.weight.sum())
+
+
+def test_float_state_dicts_of_another_precision_are_interpolated():
+    m = _lin()
+    sa = {"weight": torch.tensor([[1.0, -1.0]], dtype=torch.float64), "bias": torch.zeros(1, dtype=torch.float64)}
+    sb = {"weight": torch.tensor([[3.0, 1.0]], dtype=torch.float16), "bias": torch.ones(1, dtype=torch.float16)}
+    b = loss_barrier(m, sa, sb, lambda mm: (mm.weight.square().sum() + mm.bias.square().sum()), n_alpha=3)
+    w = [np.array([1.0, -1.0]) * (1 - t) + np.array([3.0, 1.0]) * t for t in (0.0, 0.5, 1.0)]
+    ref = [float((x ** 2).sum() + t ** 2) for x, t in zip(w, (0.0, 0.5, 1.0))]
+    np.testing.assert_allclose(b.losses, ref, rtol=1e-6)
+
+
+def test_interpolate_state_checks_keys_and_kinds():
+    a = {"w": torch.zeros(2), "n": torch.tensor(1)}
+    with pytest.raises(ValueError, match=r"state_b does not match state_a: missing keys \['n'\], unexpected keys \[\]"):
+        interpolate_state(a, {"w": torch.ones(2)}, 0.5)
+    with pytest.raises(ValueError, match=r"state_b\['w'\] has dtype torch.int64, state_a's has torch.float32"):
+        interpolate_state(a, {"w": torch.ones(2, dtype=torch.long), "n": torch.tensor(2)}, 0.5)

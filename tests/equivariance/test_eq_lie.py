@@ -92,3 +92,40 @@ def test_raises():
 
     with pytest.raises(ValueError, match="forward-mode differentiation of t -> f\\(flow\\(x, t\\)\\) failed"):
         lie_derivative(NoJvp.apply, x, rotate)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_model_is_measured_with_float32_weights(dtype):
+    import copy
+
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv1d(3, 4, 3, padding=1), nn.BatchNorm1d(4), nn.Tanh(),
+                          nn.Flatten(), nn.Linear(64, 2)).to(dtype).eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(5, 3, 16).to(dtype)
+    got = lie_derivative(model, x, lambda z, t: fourier_shift(z, t, dim=-1))
+    # reference: a central finite difference of the same (half) weights in float64
+    ref_model = copy.deepcopy(model).double()
+    xd, h = x.double(), 1e-4
+    with torch.no_grad():
+        d = (ref_model(fourier_shift(xd, h)) - ref_model(fourier_shift(xd, -h))) / (2 * h)
+    assert got == pytest.approx(float(d.norm(dim=1).mean()), rel=1e-3)
+    assert all(v.dtype == before[k].dtype and torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    with pytest.raises(ValueError, match=r"should be the same; x is computed in torch.float32: for a "
+                                         r"half-precision model pass the nn.Module itself as f"):
+        lie_derivative(lambda z: model(z), x, lambda z, t: fourier_shift(z, t, dim=-1))
+
+
+def test_fourier_shift_bad_arguments():
+    x = torch.randn(2, 3, 8)
+    with pytest.raises(ValueError, match=r"dim must be an int in \[-3, 2\] for x of shape \(2, 3, 8\), got 7"):
+        fourier_shift(x, 0.5, dim=7)
+    with pytest.raises(ValueError, match=r"dim must be an int in \[-3, 2\] for x of shape \(2, 3, 8\), got -4"):
+        fourier_shift(x, 0.5, dim=-4)
+    with pytest.raises(ValueError, match=r"got 1.0"):
+        fourier_shift(x, 0.5, dim=1.0)
+    with pytest.raises(TypeError, match="x must be a floating-point tensor, got list"):
+        fourier_shift([1.0, 2.0], 0.5)
+    torch.testing.assert_close(fourier_shift(x, 2.0, dim=1), torch.roll(x, 2, 1), atol=1e-5, rtol=0)

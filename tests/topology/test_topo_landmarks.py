@@ -110,3 +110,50 @@ def test_constant_cloud():
 def test_bad_n_landmarks_raises(bad):
     with pytest.raises(ValueError, match=r"n_landmarks must be an int >= 1"):
         farthest_point_sampling(_cloud(10), bad)
+
+
+# -- the input boundary (geomonitor._inputs.as_points, as knn) --------------------------------
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_nonfinite_rows_raise_naming_the_rows(bad):
+    X = _cloud(60, 4, seed=8).float()
+    X[[3, 41], 1] = bad
+    with pytest.raises(ValueError, match=r"X has 2 rows with NaN or Inf values \(rows 3, 41\); drop them first"):
+        farthest_point_sampling(X, 5, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e-30])
+def test_float32_far_from_one_picks_the_float64_landmarks(scale):
+    # squares of 1e30 overflow float32 (and of 1e-30 underflow): the cloud is scaled exactly first
+    X64 = _cloud(200, 5, seed=9) * scale
+    X = X64.float()
+    idx, eps = farthest_point_sampling(X, 12, generator=torch.Generator().manual_seed(3))
+    assert len(set(idx.tolist())) == 12
+    first = int(torch.randint(200, (1,), generator=torch.Generator().manual_seed(3)))
+    D = torch.cdist(X.double(), X.double())  # brute-force maxmin in float64 from the same first point
+    ref = [first]
+    for _ in range(11):
+        ref.append(int(D[:, ref].min(dim=1).values.argmax()))
+    assert idx.tolist() == ref
+    assert eps == pytest.approx(float(D[:, ref].min(dim=1).values.max()), rel=1e-5)
+
+
+def test_array_likes_and_integer_dtypes_are_computed_in_float():
+    X = torch.randint(-50, 50, (80, 3), generator=torch.Generator().manual_seed(4))
+    idx, eps = farthest_point_sampling(X.numpy(), 6, generator=torch.Generator().manual_seed(1))
+    idx32, eps32 = farthest_point_sampling(X.to(torch.int32), 6, generator=torch.Generator().manual_seed(1))
+    assert idx.tolist() == idx32.tolist() and eps == pytest.approx(eps32)
+    _brute_force_check(X.double(), idx, eps)
+    B = torch.eye(6, dtype=torch.bool)  # 6 corners of a simplex: all at distance sqrt(2)
+    idx, eps = farthest_point_sampling(B, 3, generator=torch.Generator().manual_seed(0))
+    assert len(set(idx.tolist())) == 3 and eps == pytest.approx(2 ** 0.5)
+
+
+@pytest.mark.parametrize("X,match", [
+    (torch.zeros(10, 2, dtype=torch.complex64), "X must be real-valued, got dtype=torch.complex64"),
+    (torch.arange(10.0), r"X must have shape \(N, D\), got shape \(10,\)"),
+    (torch.zeros(0, 3), "X needs at least 1 points with finite values, got 0"),
+])
+def test_bad_inputs_raise(X, match):
+    with pytest.raises(ValueError, match=match):
+        farthest_point_sampling(X, 3)

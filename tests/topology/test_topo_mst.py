@@ -125,3 +125,53 @@ def test_above_dense_max_equals_scipy_mst_float32():
     X = torch.randn(700, 12, generator=torch.Generator().manual_seed(7))
     got = mst_edge_lengths(X, dense_max=300, chunk_size=64).double().numpy()  # the chunked path
     np.testing.assert_allclose(got, _scipy_mst_lengths(X.double()), atol=1e-5)
+
+
+# -- the input boundary (geomonitor._inputs.as_points, as knn) --------------------------------
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_rows_raise_naming_the_rows(bad):
+    X = _cloud(30, 3, seed=2).float()
+    X[7, 0] = bad
+    for fn in (mst_edge_lengths, mst_edges):
+        with pytest.raises(ValueError, match=r"X has 1 rows with NaN or Inf values \(rows 7\); drop them first"):
+            fn(X)
+
+
+@pytest.mark.parametrize("dense_max", [8192, 50])  # Prim on the Gram matrix / Borůvka with lists
+def test_float32_near_1e30_gives_the_float64_lengths(dense_max):
+    X = (_cloud(120, 4, seed=3) * 1e30).float()  # squared distances overflow float32 as given
+    got = mst_edge_lengths(X, dense_max=dense_max)
+    assert got.dtype == torch.float32 and bool(torch.isfinite(got).all())
+    np.testing.assert_allclose(got.double().numpy(), _scipy_mst_lengths(X.double()), rtol=1e-5)
+
+
+def test_lengths_beyond_float32_raise():
+    X = torch.tensor([[-3e38, 0.0], [3e38, 0.0], [3e38, 1.0]])  # an edge of 6e38 > float32's maximum
+    with pytest.raises(ValueError, match=r"X: distances exceed the largest torch.float32 .*; pass float64 input"):
+        mst_edge_lengths(X)
+    assert float(mst_edge_lengths(X.double())[-1]) == pytest.approx(6e38, rel=1e-7)
+
+
+def test_array_likes_and_integer_dtypes_are_computed_in_float():
+    X = torch.randint(-20, 20, (60, 3), generator=torch.Generator().manual_seed(5))
+    ref = _scipy_mst_lengths(X.double())
+    for x, dtype in ((X.numpy(), torch.float64), (X.to(torch.int32), torch.float32),
+                     (X.to(torch.int64), torch.float64)):
+        got = mst_edge_lengths(x)
+        assert isinstance(got, torch.Tensor) and got.dtype == dtype
+        np.testing.assert_allclose(np.sort(got.double().numpy()[got.numpy() > 0]), ref, rtol=1e-6)
+    got = mst_edge_lengths(torch.eye(5, dtype=torch.bool))
+    assert got.dtype == torch.float32
+    np.testing.assert_allclose(got.numpy(), [2 ** 0.5] * 4, rtol=1e-6)
+
+
+@pytest.mark.parametrize("X,match", [
+    (torch.zeros(10, 2, dtype=torch.complex128), "X must be real-valued, got dtype=torch.complex128"),
+    (torch.arange(10.0), r"X must have shape \(N, D\), got shape \(10,\)"),
+    (torch.zeros(0, 3), "X needs at least 1 points with finite values, got 0"),
+])
+def test_bad_inputs_raise(X, match):
+    for fn in (mst_edge_lengths, mst_edges):
+        with pytest.raises(ValueError, match=match):
+            fn(X)
