@@ -167,6 +167,11 @@ class LogHistorySink:
         if sink is not None:
             sink.log_profile(key, names, values, step)
 
+    def log_spectrum(self, key: str, nodes: Any, weights: Any, step: int) -> None:
+        sink = self._wandb()
+        if sink is not None:
+            sink.log_spectrum(key, nodes, weights, step)
+
 
 class GeometryTrainerCallback(TrainerCallback):
     """Intrinsic dimension, sharpness, persistence and neural persistence of a ``Trainer`` run.

@@ -102,7 +102,7 @@ def test_density_integrates_to_one_and_matches_smoothed_truth(case):
     assert abs(_trapz(dens, grid) - 1) < 1e-3
     # smoothed true density, written out with numpy
     truth = np.exp(-0.5 * ((grid[:, None] - ev[None, :]) / sigma) ** 2).mean(1) / (sigma * np.sqrt(2 * np.pi))
-    assert _trapz(np.abs(dens - truth), grid) < 0.15  # L1 distance (0.03 and 0.02 seen)  # L1 distance between densities (max 2)
+    assert _trapz(np.abs(dens - truth), grid) < 0.15  # L1 distance (0.03 and 0.02 seen)
     assert sd.density(list(grid[:3]), sigma).dtype == torch.float64
 
 
