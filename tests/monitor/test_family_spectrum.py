@@ -201,3 +201,64 @@ def test_plain_loop_wandb_offline(wandb_dir):
     weights = np.array([r[1] for r in data["data"]])
     assert weights.sum() == pytest.approx(1.0, abs=1e-9)
     assert wasserstein_distance(nodes, ev, u_weights=weights) < 0.03 * (ev[-1] - ev[0])
+
+
+class _LitNet(__import__("pytorch_lightning").LightningModule):
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        self.fc1, self.fc2 = nn.Linear(5, 8), nn.Linear(8, 1)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+
+    def forward(self, x):
+        return self.fc2(torch.tanh(self.fc1(x)))
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return (self(x) - y).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.2)
+
+
+def test_lightning_geometry_monitor_opt_in(tmp_path, wandb_dir):
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
+    from geomonitor.callbacks import GeometryMonitor
+    from geomonitor.callbacks.sinks import STEP_KEY
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 5, generator=g)
+    data = torch.utils.data.TensorDataset(x, torch.sin(x.sum(1, keepdim=True)))
+    monitor = GeometryMonitor(layers=["fc1"], probe_size=48, id_every_n_steps=None,
+                              sharpness_every_n_steps=None, topology_every_n_steps=None,
+                              np_every_n_steps=None, symmetry_every_n_steps=None,
+                              spectrum_every_n_steps=3, sharpness_probe_size=None,
+                              prog_bar=None, strict=True, max_overhead=None)
+    wb = WandbLogger(project="spectrum-test", save_dir=str(wandb_dir), offline=True)
+    csv_logger = CSVLogger(str(tmp_path), name="csv")
+    model = _LitNet()
+    trainer = pl.Trainer(max_steps=6, logger=[wb, csv_logger], callbacks=[monitor], accelerator="cpu",
+                         devices=1, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, default_root_dir=tmp_path, log_every_n_steps=1)
+    trainer.fit(model, torch.utils.data.DataLoader(data, batch_size=16))
+    wb.experiment.finish()
+    assert monitor.errors == {}
+    px, py = data[monitor.probe.indices]
+    ev = torch.linalg.eigvalsh(sm.dense_hessian(model, lambda out: (out - py.double()).pow(2).mean(), px)).numpy()
+    rows = wandb_offline.history(wandb_offline.find_run_file(str(wandb_dir)))
+    for key in (TRACE, OUTLIERS, f"{SPECTRUM}/histogram/values", f"{SPECTRUM}/table/nrows"):
+        assert sorted(r[STEP_KEY] for r in rows if key in r) == [3, 6], key
+    (last,) = [r for r in rows if r.get(STEP_KEY) == 6 and f"{SPECTRUM}/histogram/bins" in r]
+    assert last[f"{SPECTRUM}/histogram/bins"][-1] == pytest.approx(ev[-1], rel=0.01)
+    assert last[f"{SPECTRUM}/histogram/bins"][0] == pytest.approx(ev[0], abs=0.01 * (ev[-1] - ev[0]))
+    assert sum(last[f"{SPECTRUM}/histogram/values"]) == pytest.approx(1.0, abs=1e-9)
+    assert last[f"{SPECTRUM}/table/nrows"] == 40  # 2 vectors x 20 Lanczos steps
+    assert "geometry/hessian_trace" in trainer.callback_metrics
+    with open(os.path.join(csv_logger.log_dir, "metrics.csv")) as f:
+        header = f.readline().strip().split(",")
+    assert TRACE in header and OUTLIERS in header
+    assert not any(h.startswith(SPECTRUM) for h in header)  # media go to W&B only
