@@ -15,9 +15,9 @@ Keys:
   sink: a W&B histogram of the quadrature mass and a table of nodes and weights), when
   ``log_spectrum`` is True.
 
-Cost: ``n_vectors * n_iter`` Hessian-vector products per measurement (default 2 × 20 = 40,
-about twice a cold sharpness measurement per vector; each product about one training step
-at a 32-sample slice and a 64-sample batch), hence off by default: ``spectrum_every_n_steps``
+Cost: ``n_vectors * n_iter`` Hessian-vector products per measurement (default 2 × 20 = 40;
+a sharpness measurement takes at most its ``max_hvp`` = 20; each product is about one
+training step at a 32-sample slice and a 64-sample batch), hence off by default: ``spectrum_every_n_steps``
 switches it on. Failure modes: no ``loss_fn`` (the family disables itself at setup), a loss
 that is not a scalar (``TypeError``), and those of ``spectral_density``.
 
