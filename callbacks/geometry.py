@@ -83,6 +83,10 @@ class GeometryMonitor(MonitorCallback):
             previous measurement and now every n optimizer steps (None: off). Keeps one CPU
             copy of the weights.
         connectivity_every_n_epochs: measure that loss barrier every n epochs (None: off).
+        spectrum_every_n_steps: measure the Hessian spectral density (trace, outlier count,
+            W&B histogram) every n optimizer steps (None: off). 40 Hessian-vector products
+            on the ``sharpness_probe_size`` samples per measurement.
+        spectrum_every_n_epochs: measure the Hessian spectral density every n epochs (None: off).
         log_diagrams: under W&B, log each persistence diagram (table + scatter plot).
         prog_bar: metric names (without ``geometry/``) shown in the progress bar.
         loss_fn: ``loss_fn(pl_module, batch) -> scalar tensor`` for sharpness; by default
@@ -135,6 +139,8 @@ class GeometryMonitor(MonitorCallback):
         symmetry_every_n_epochs: int | None = None,
         connectivity_every_n_steps: int | None = None,
         connectivity_every_n_epochs: int | None = None,
+        spectrum_every_n_steps: int | None = None,
+        spectrum_every_n_epochs: int | None = None,
         log_diagrams: bool = True,
         prog_bar: str | list[str] | None = "eos_ratio",
         loss_fn: Callable[[Any, Any], Any] | None = None,
@@ -162,7 +168,9 @@ class GeometryMonitor(MonitorCallback):
             symmetry_every_n_steps=symmetry_every_n_steps,
             symmetry_every_n_epochs=symmetry_every_n_epochs,
             connectivity_every_n_steps=connectivity_every_n_steps,
-            connectivity_every_n_epochs=connectivity_every_n_epochs)
+            connectivity_every_n_epochs=connectivity_every_n_epochs,
+            spectrum_every_n_steps=spectrum_every_n_steps,
+            spectrum_every_n_epochs=spectrum_every_n_epochs)
         super().__init__(options, layers=layers, reduce=reduce, probe_size=probe_size,
                          probe_seed=probe_seed, probe_data=probe_data, forward_fn=forward_fn,
                          loss_fn=loss_fn, prog_bar=check.prog_bar(prog_bar), strict=strict,

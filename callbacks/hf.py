@@ -167,6 +167,11 @@ class LogHistorySink:
         if sink is not None:
             sink.log_profile(key, names, values, step)
 
+    def log_spectrum(self, key: str, nodes: Any, weights: Any, step: int) -> None:
+        sink = self._wandb()
+        if sink is not None:
+            sink.log_spectrum(key, nodes, weights, step)
+
 
 class GeometryTrainerCallback(TrainerCallback):
     """Intrinsic dimension, sharpness, persistence and neural persistence of a ``Trainer`` run.
@@ -184,7 +189,8 @@ class GeometryTrainerCallback(TrainerCallback):
         id_method, id_every_n_steps, id_every_n_epochs, sharpness_every_n_steps,
         sharpness_every_n_epochs, sharpness_max_hvp, sharpness_tol, sharpness_probe_size, sharpness_hvp,
         topology_every_n_steps, topology_every_n_epochs, topology_landmarks,
-        np_every_n_steps, np_every_n_epochs, log_diagrams, strict, max_pending,
+        np_every_n_steps, np_every_n_epochs, spectrum_every_n_steps, spectrum_every_n_epochs,
+        log_diagrams, strict, max_pending,
         max_overhead: as in ``GeometryMonitor``.
         loss_fn: ``loss_fn(model, batch) -> scalar`` for sharpness (default
             :func:`model_loss`, ``model(**batch).loss``).
@@ -229,6 +235,8 @@ class GeometryTrainerCallback(TrainerCallback):
         symmetry_every_n_epochs: int | None = None,
         connectivity_every_n_steps: int | None = None,
         connectivity_every_n_epochs: int | None = None,
+        spectrum_every_n_steps: int | None = None,
+        spectrum_every_n_epochs: int | None = None,
         log_diagrams: bool = True,
         loss_fn: Callable[[Any, Any], Any] | None = None,
         forward_fn: Callable[[Any, Any], Any] | None = None,
@@ -255,7 +263,9 @@ class GeometryTrainerCallback(TrainerCallback):
             symmetry_every_n_steps=symmetry_every_n_steps,
             symmetry_every_n_epochs=symmetry_every_n_epochs,
             connectivity_every_n_steps=connectivity_every_n_steps,
-            connectivity_every_n_epochs=connectivity_every_n_epochs)
+            connectivity_every_n_epochs=connectivity_every_n_epochs,
+            spectrum_every_n_steps=spectrum_every_n_steps,
+            spectrum_every_n_epochs=spectrum_every_n_epochs)
         build_families(seed=probe_seed, **self._options)  # the families' own checks, now
         self._kwargs = dict(layers=layers, reduce=reduce, probe_size=probe_size,
                             probe_seed=probe_seed, strict=strict, max_pending=max_pending,

@@ -11,6 +11,8 @@ When a :class:`~pytorch_lightning.loggers.WandbLogger` is present it does more:
   so a value computed later (off the training thread) lands on the step it describes;
 * persistence diagrams as a ``wandb.Table`` with a scatter plot, and per-layer profiles
   (intrinsic dimension across layers) as a line plot per measurement;
+* Hessian spectral densities as a ``wandb.Histogram`` of the quadrature mass and a
+  ``wandb.Table`` of nodes and weights;
 * ``wandb.alert`` for alerts.
 
 Every logger is called on its own: one that raises is warned once (``RuntimeWarning``)
@@ -125,6 +127,14 @@ class TrainerSink:
         self._define_metrics()
         run.log({**_profile_media(key, names, values, step), STEP_KEY: step})
 
+    def log_spectrum(self, key: str, nodes: Sequence[float], weights: Sequence[float], step: int) -> None:
+        """A spectral density (quadrature nodes and weights) as a W&B histogram and table."""
+        run = self.wandb_run()
+        if run is None or len(nodes) == 0:
+            return
+        self._define_metrics()
+        run.log({**_spectrum_media(key, nodes, weights), STEP_KEY: step})
+
     # -- alerts -----------------------------------------------------------------------------
     def alert(self, title: str, text: str, level: str = "WARN", wait_duration: float = 300.0) -> None:
         """A console warning always, and ``wandb.alert`` when a W&B run is attached.
@@ -171,6 +181,21 @@ def _profile_media(key: str, names: Sequence[str], values: Sequence[float], step
     return {f"{key}/table": table, f"{key}/plot": plot}
 
 
+#: Bins of the spectrum histogram.
+SPECTRUM_BINS = 64
+
+
+def _spectrum_media(key: str, nodes: Sequence[float], weights: Sequence[float]) -> dict[str, Any]:
+    """A discrete measure as a ``wandb.Histogram`` of its mass per bin (64 bins over the
+    nodes' range) and a ``wandb.Table`` (node, weight)."""
+    import wandb
+
+    x, w = np.asarray(nodes, dtype=float), np.asarray(weights, dtype=float)
+    hist = np.histogram(x, bins=SPECTRUM_BINS, weights=w)
+    table = wandb.Table(columns=["node", "weight"], data=[[float(a), float(b)] for a, b in zip(x, w)])
+    return {f"{key}/histogram": wandb.Histogram(np_histogram=hist), f"{key}/table": table}
+
+
 def _alert(run: Any, title: str, text: str, level: str, wait_duration: float) -> None:
     if level not in _ALERT_LEVELS:
         raise ValueError(f"level must be one of {_ALERT_LEVELS}, got {level!r}")
@@ -189,7 +214,7 @@ class WandbSink:
     values is added to the current W&B row with ``geometry/step`` = the step it describes
     (``commit=False``: the loop's next ``wandb.log`` commits the row, so its steps are
     untouched; a value computed in the background lands on its own step in the charts).
-    Diagrams, profiles and alerts as in :class:`TrainerSink`.
+    Diagrams, profiles, spectra and alerts as in :class:`TrainerSink`.
 
     Args:
         run: a W&B run; ``None`` uses ``wandb.run`` at each call (nothing is logged while there
@@ -270,6 +295,10 @@ class WandbSink:
     def log_profile(self, key: str, names: Sequence[str], values: Sequence[float], step: int) -> None:
         if names:
             self._log(_profile_media(key, names, values, step), step)
+
+    def log_spectrum(self, key: str, nodes: Sequence[float], weights: Sequence[float], step: int) -> None:
+        if len(nodes):
+            self._log(_spectrum_media(key, nodes, weights), step)
 
     def alert(self, title: str, text: str, level: str = "WARN", wait_duration: float = 300.0) -> None:
         _alert(self.wandb_run(), title, text, level, wait_duration)

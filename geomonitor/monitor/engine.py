@@ -463,7 +463,8 @@ class Monitor:
         for exc in m.errors:
             self._fail(name, exc, step)
         self._put(step, m.metrics)
-        for method, items in (("log_diagram", m.diagrams), ("log_profile", m.profiles)):
+        for method, items in (("log_diagram", m.diagrams), ("log_profile", m.profiles),
+                              ("log_spectrum", m.spectra)):
             for key, value in items.items():
                 args = (key, value, step) if method == "log_diagram" else (key, *value, step)
                 self._call_sink(method, *args)

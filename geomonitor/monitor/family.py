@@ -47,7 +47,8 @@ class Measurement:
 
     ``metrics`` maps full metric keys to floats; ``diagrams`` maps a key to persistence
     diagrams (one ``(n, 2)`` array per homology dimension); ``profiles`` maps a key to
-    ``(names, values)`` of a per-layer curve; ``errors`` holds per-item exceptions;
+    ``(names, values)`` of a per-layer curve; ``spectra`` maps a key to ``(nodes, weights)``
+    of a discrete measure (a spectral density); ``errors`` holds per-item exceptions;
     ``background_cpu`` is CPU time spent outside this process's threads (a child process),
     charged to the family's cost.
     """
@@ -55,6 +56,7 @@ class Measurement:
     metrics: dict[str, float] = field(default_factory=dict)
     diagrams: dict[str, list[np.ndarray]] = field(default_factory=dict)
     profiles: dict[str, tuple[list[str], list[float]]] = field(default_factory=dict)
+    spectra: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     errors: list[BaseException] = field(default_factory=list)
     background_cpu: float = 0.0
 

@@ -12,6 +12,8 @@ family                  layer       summary     example
 ``sharpness``           no          no          ``geometry/sharpness``
 ``eos_ratio``           no          no          ``geometry/eos_ratio``
 ``hessian_trace``       no          no          ``geometry/hessian_trace``
+``hessian_outliers``    no          no          ``geometry/hessian_outliers``
+``hessian_spectrum``    no          no          ``geometry/hessian_spectrum`` (media only)
 ``n_hvp``               no          no          ``geometry/n_hvp``
 ``id``                  yes         no          ``geometry/id/encoder.0``
 ``id_profile``          no          no          ``geometry/id_profile``
@@ -49,7 +51,8 @@ __all__ = ["FAMILIES", "PREFIX", "metric_key"]
 PREFIX = "geometry"
 
 #: Every family, in the order of the table above.
-FAMILIES: tuple[str, ...] = ("sharpness", "eos_ratio", "hessian_trace", "n_hvp", "id",
+FAMILIES: tuple[str, ...] = ("sharpness", "eos_ratio", "hessian_trace", "hessian_outliers",
+                             "hessian_spectrum", "n_hvp", "id",
                              "id_profile", "ph", "neural_persistence", "symmetry",
                              "neural_collapse", "connectivity", "equivariance", "skipped",
                              "dropped", "period", "errors")

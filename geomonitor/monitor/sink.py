@@ -4,7 +4,8 @@ The engine calls ``sink.log_metrics(metrics, step)`` with ``metrics`` a dict of 
 keyed by :func:`~geomonitor.monitor.keys.metric_key` and ``step`` the optimizer step the
 values *describe* (a background measurement arrives a few steps later, with its own step).
 A sink may also have ``log_diagram(key, diagrams, step)``, ``log_profile(key, names, values,
-step)`` and ``alert(title, text, level, wait_duration)``; :func:`as_sink` fills in no-ops for
+step)``, ``log_spectrum(key, nodes, weights, step)`` and ``alert(title, text, level,
+wait_duration)``; :func:`as_sink` fills in no-ops for
 what it lacks. Accepted:
 
 * ``None``: nothing is logged (values are still returned by ``Monitor.step``);
@@ -33,7 +34,7 @@ from typing import Any
 
 __all__ = ["as_sink", "FanOut"]
 
-_METHODS = ("log_metrics", "log_diagram", "log_profile", "alert", "flush")
+_METHODS = ("log_metrics", "log_diagram", "log_profile", "log_spectrum", "alert", "flush")
 
 
 def _noop(*args: Any, **kwargs: Any) -> None:
@@ -93,6 +94,9 @@ class FanOut:
 
     def log_profile(self, key: str, names: Any, values: Any, step: int) -> None:
         self._each("log_profile", key, names, values, step)
+
+    def log_spectrum(self, key: str, nodes: Any, weights: Any, step: int) -> None:
+        self._each("log_spectrum", key, nodes, weights, step)
 
     def alert(self, title: str, text: str, level: str = "WARN", wait_duration: float = 300.0) -> None:
         self._each("alert", title, text, level, wait_duration)

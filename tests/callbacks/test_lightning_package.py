@@ -332,7 +332,7 @@ def test_lightning_cli_help_describes_every_schedule_argument(pkg):
     text = _cli_help(pkg, "geomonitor.callbacks.GeometryMonitor")
     names = [n for n in inspect.signature(GeometryMonitor).parameters
              if re.fullmatch(r"\w+_every_n_(steps|epochs)", n)]
-    assert len(names) == 12  # id, sharpness, topology, np, symmetry, connectivity
+    assert len(names) == 14  # id, sharpness, topology, np, symmetry, connectivity, spectrum
     for name in names:
         # "  --trainer.callbacks.<name> <METAVAR>\n    <description> (type: ..., default: ...)"
         m = re.search(rf"^\s+--trainer\.callbacks\.{name} \S+\n(.*?)\(type:", text, flags=re.S | re.M)

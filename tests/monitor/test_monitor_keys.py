@@ -10,6 +10,8 @@ from geomonitor.monitor.keys import FAMILIES, metric_key
     (("sharpness",), "geometry/sharpness"),
     (("eos_ratio",), "geometry/eos_ratio"),
     (("hessian_trace",), "geometry/hessian_trace"),
+    (("hessian_outliers",), "geometry/hessian_outliers"),
+    (("hessian_spectrum",), "geometry/hessian_spectrum"),
     (("n_hvp",), "geometry/n_hvp"),
     (("id", "encoder.0"), "geometry/id/encoder.0"),
     (("id_profile",), "geometry/id_profile"),
@@ -31,7 +33,8 @@ def test_every_family(args, expected):
 
 
 def test_families_tuple():
-    assert FAMILIES == ("sharpness", "eos_ratio", "hessian_trace", "n_hvp", "id", "id_profile",
+    assert FAMILIES == ("sharpness", "eos_ratio", "hessian_trace", "hessian_outliers",
+                        "hessian_spectrum", "n_hvp", "id", "id_profile",
                         "ph", "neural_persistence", "symmetry", "neural_collapse", "connectivity",
                         "equivariance", "skipped", "dropped", "period", "errors")
 
@@ -70,8 +73,9 @@ def test_no_key_is_both_a_leaf_and_a_prefix():
     from geomonitor.topology.summaries import SUMMARY_NAMES as SUMMARIES
 
     layers = ("fc1", "fc2")
-    keys = [metric_key(f) for f in ("sharpness", "eos_ratio", "hessian_trace", "n_hvp",
-                                    "id_profile", "errors")]
+    keys = [metric_key(f) for f in ("sharpness", "eos_ratio", "hessian_trace", "hessian_outliers",
+                                    "n_hvp", "id_profile", "errors")]
+    keys += [f"{metric_key('hessian_spectrum')}/{media}" for media in ("histogram", "table")]
     keys += [metric_key("id", layer) for layer in layers]
     keys += [metric_key("ph", layer, f"h{d}_{s}") for layer in layers for d in (0, 1) for s in SUMMARIES]
     keys += [metric_key("neural_persistence", summary="mean")]

@@ -6,6 +6,8 @@
 * :class:`NeuralPersistenceFamily` (:mod:`.neural_persistence`) -- ``geometry/neural_persistence/...``
 * :class:`SymmetryFamily` (:mod:`.symmetry`) -- ``geometry/symmetry/...``, ``geometry/neural_collapse/...``
 * :class:`ConnectivityFamily` (:mod:`.connectivity`) -- ``geometry/connectivity/...`` (opt-in)
+* :class:`SpectrumFamily` (:mod:`.spectrum`) -- ``geometry/hessian_trace``,
+  ``geometry/hessian_outliers`` and the Hessian spectral density (opt-in)
 * :class:`EquivarianceFamily` (:mod:`.equivariance`) -- ``geometry/equivariance/...`` (needs
   the user's group actions)
 
@@ -23,12 +25,13 @@ from geomonitor.monitor.families.equivariance import EquivarianceFamily
 from geomonitor.monitor.families.intrinsic import IntrinsicDimensionFamily
 from geomonitor.monitor.families.neural_persistence import NeuralPersistenceFamily
 from geomonitor.monitor.families.sharpness import SharpnessFamily
+from geomonitor.monitor.families.spectrum import SpectrumFamily
 from geomonitor.monitor.families.symmetry import SymmetryFamily
 from geomonitor.monitor.families.topology import TopologyFamily
 from geomonitor.monitor.schedule import Every
 
 __all__ = ["DEFAULTS", "ConnectivityFamily", "EquivarianceFamily", "IntrinsicDimensionFamily", "NeuralPersistenceFamily", "SharpnessFamily", "SymmetryFamily",
-           "TopologyFamily", "build_families"]
+           "TopologyFamily", "build_families", "SpectrumFamily"]
 
 #: Every option of :func:`build_families` and its default (schedules: ``None`` = off).
 #: Every default family asks for a point every 10 steps; the cost cap stretches the periods
@@ -44,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "connectivity_every_n_steps": None, "connectivity_every_n_epochs": None,
     "equivariance_every_n_steps": None, "equivariance_every_n_epochs": None,
     "equivariance_transforms": None,
+    "spectrum_every_n_steps": None, "spectrum_every_n_epochs": None, "spectrum_n_iter": 20,
+    "spectrum_n_vectors": 2,
 }
 
 
@@ -97,6 +102,10 @@ def build_families(*, seed: int = 0, **options: Any) -> list[Family]:
         if not o["equivariance_transforms"]:
             raise ValueError("equivariance needs equivariance_transforms={name: (t_in, t_out)}")
         families.append(EquivarianceFamily(every, o["equivariance_transforms"]))
+    every = _every(o, "spectrum")
+    if every is not None:
+        families.append(SpectrumFamily(every, n_iter=o["spectrum_n_iter"], n_vectors=o["spectrum_n_vectors"],
+                                       seed=seed, probe_size=o["sharpness_probe_size"], hvp=o["sharpness_hvp"]))
     if not families:
         raise ValueError("no family is on: every *_every_n_steps and *_every_n_epochs is None")
     return families
