@@ -61,7 +61,8 @@ one process); write them into ``loss_fn`` where they fit, or run the protocol by
 Failure modes (``ValueError`` / ``TypeError`` naming the argument, before any training): a
 model that is not an ``nn.Module``, an optimizer holding parameters outside the model, a
 scheduler of another optimizer, ``ks`` empty, unsorted, repeated or outside
-``[0, total_steps]``, an unknown ``definition``. During training: an empty pass from
+``[0, total_steps]``, an unknown ``definition``, a bad ``n_alpha`` / ``reset_bn``, no
+``train_data``. During training: an empty pass from
 ``batches``, a loss that is not a scalar tensor, or a non-finite loss (``ValueError`` naming
 the run and the step); nothing is returned half-computed.
 
@@ -256,6 +257,12 @@ def instability(model: nn.Module, optimizer: torch.optim.Optimizer,
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     if not isinstance(keep_states, bool):
         raise TypeError(f"keep_states must be a bool, got {keep_states!r}")
+    if positive_int("n_alpha", n_alpha) < 2:  # loss_barrier's own checks, before any training
+        raise ValueError(f"n_alpha must be an int >= 2 (both ends of the segment), got {n_alpha}")
+    if not isinstance(reset_bn, bool):
+        raise TypeError(f"reset_bn must be a bool, got {reset_bn!r}")
+    if train_data is None:
+        raise ValueError("train_data is required (the data the training barrier is measured on)")
     evaluate = eval_fn if eval_fn is not None else loss_fn
     devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
     parent, p_opt, p_sched = _copy(model, optimizer, scheduler)

@@ -211,6 +211,10 @@ def _call(**over):
     ({"eval_fn": 3}, TypeError, r"eval_fn must be callable or None, got int"),
     ({"seed": -1}, ValueError, r"seed must be an int >= 0, got -1"),
     ({"keep_states": 1}, TypeError, r"keep_states must be a bool, got 1"),
+    ({"n_alpha": 1}, ValueError, r"n_alpha must be an int >= 2 \(both ends of the segment\), got 1"),
+    ({"n_alpha": 0}, ValueError, r"n_alpha must be a positive int, got 0"),
+    ({"reset_bn": "yes"}, TypeError, r"reset_bn must be a bool, got 'yes'"),
+    ({"train_data": None}, ValueError, r"train_data is required"),
     ({"batches": lambda g: []}, ValueError, r"batches\(generator\) yielded no batch \(parent\)"),
     ({"ks": [0], "batches": lambda g: []}, ValueError,
      r"batches\(generator\) yielded no batch \(child 0 spawned at k=0\)"),
@@ -223,3 +227,12 @@ def _call(**over):
 def test_every_error(over, err, match):
     with pytest.raises(err, match=match):
         _call(**over)
+
+
+def test_argument_errors_come_before_any_training():
+    def batches(g):
+        raise AssertionError("no data may be drawn before the arguments are checked")
+
+    for over in ({"n_alpha": 1}, {"reset_bn": None}, {"train_data": None}, {"definition": "x"}):
+        with pytest.raises((ValueError, TypeError)):
+            _call(batches=batches, **over)
