@@ -1,17 +1,31 @@
 """Loss barrier along the straight line between two parameter vectors.
 
-Definition. For parameter vectors theta_a, theta_b of one architecture and
-theta(alpha) = (1 - alpha) theta_a + alpha theta_b, the loss barrier is
+Definitions. For parameter vectors theta_a, theta_b of one architecture,
+theta(alpha) = (1 - alpha) theta_a + alpha theta_b and L(alpha) = L(theta(alpha)) on an even
+grid of ``n_alpha`` values of alpha in [0, 1] (both ends included), two barriers are in use,
+chosen by ``definition``:
 
-    B = max_alpha [ L(theta(alpha)) - ((1 - alpha) L(theta_a) + alpha L(theta_b)) ]
+* ``"chord"`` (the default; Entezari et al. 2022, Ainsworth et al. 2023): the largest rise
+  above the chord between the endpoints,
 
-over an even grid of ``n_alpha`` values of alpha in [0, 1] (both ends included, so B >= 0;
-B = 0 when the loss along the segment never rises above the chord, e.g. for a convex loss).
-Entezari et al. use the loss, Frankle et al. the error: when ``loss_fn`` returns a
-``(loss, error)`` pair the error barrier is computed the same way.
+      B_chord = max_alpha [ L(alpha) - ((1 - alpha) L(0) + alpha L(1)) ];
+
+* ``"frankle"`` (Frankle et al. 2020, "instability"): the peak minus the endpoints' mean,
+
+      B_frankle = max_alpha L(alpha) - (L(0) + L(1)) / 2.
+
+Both are >= 0 (alpha = 0 and 1 are on the grid) and equal when L(0) = L(1); they differ when
+the endpoints' losses differ: a monotone segment from L(0) = 0 to L(1) = 1 has B_chord = 0 (a
+straight line) and B_frankle = 0.5 (the higher endpoint above the mean), and a convex loss has
+B_chord = 0. ``Barrier.alpha`` is the alpha of the maximum of the bracket (chord) or of L
+(frankle), the first one on ties. Entezari et al. use the loss, Frankle et al. the error:
+when ``loss_fn`` returns a ``(loss, error)`` pair the error barrier is computed the same way,
+with the same definition.
 
 References: R. Entezari, H. Sedghi, O. Saukh, B. Neyshabur, "The Role of Permutation
-Invariance in Linear Mode Connectivity of Neural Networks", ICLR 2022; J. Frankle,
+Invariance in Linear Mode Connectivity of Neural Networks", ICLR 2022; S. K. Ainsworth,
+J. Hayase, S. Srinivasa, "Git Re-Basin: Merging Models modulo Permutation Symmetries", ICLR
+2023; J. Frankle,
 G. K. Dziugaite, D. M. Roy, M. Carbin, "Linear Mode Connectivity and the Lottery Ticket
 Hypothesis", ICML 2020; K. Jordan, H. Sedghi, O. Saukh, R. Entezari, B. Neyshabur, "REPAIR:
 REnormalizing Permuted Activations for Interpolation Repair", ICLR 2023.
@@ -39,7 +53,8 @@ O(number of parameters) per alpha.
 
 Failure modes: state dicts whose keys or shapes differ from the model's, or with an entry
 of another kind than the model's (an integer or bool entry where the model's is
-floating-point, which would be copied instead of interpolated, or the reverse), ``n_alpha < 2``, a
+floating-point, which would be copied instead of interpolated, or the reverse), ``n_alpha < 2``,
+an unknown ``definition``, a
 ``loss_fn`` that returns something else than a scalar or a ``(loss, error)`` pair, or a
 non-finite loss (``ValueError`` naming alpha) raise; nothing is returned half-computed.
 
@@ -64,7 +79,8 @@ from torch import nn
 from geomonitor._checks import positive_int
 from geomonitor.sharpness.isolation import preserved_rng
 
-__all__ = ["Barrier", "interpolate_state", "loss_barrier", "state_of"]
+__all__ = ["DEFINITIONS", "Barrier", "barrier_of", "check_definition", "interpolate_state",
+           "loss_barrier", "state_of"]
 
 _BN = (nn.modules.batchnorm._BatchNorm,)
 
@@ -74,12 +90,13 @@ class Barrier:
     """The result of :func:`loss_barrier`.
 
     Attributes:
-        barrier: max over alpha of the loss minus the chord (>= 0).
-        alpha: the alpha of that maximum (the first one on ties).
+        barrier: the loss barrier (>= 0) by ``definition`` (see the module docstring).
+        alpha: the alpha of its maximum (the first one on ties).
         alphas: the grid, ``n_alpha`` floats from 0 to 1.
         losses: the loss at each alpha.
         error_barrier, error_alpha, errors: the same for the error when ``loss_fn`` returns
             ``(loss, error)``, else ``None``.
+        definition: ``"chord"`` or ``"frankle"``.
     """
 
     barrier: float
@@ -89,6 +106,7 @@ class Barrier:
     error_barrier: float | None = None
     error_alpha: float | None = None
     errors: tuple[float, ...] | None = None
+    definition: str = "chord"
 
 
 def state_of(x: nn.Module | Mapping[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
@@ -208,9 +226,25 @@ def _recompute_bn(model: nn.Module, bns: list[nn.Module], loss_fn: Callable[[nn.
             m.eval()
 
 
-def _barrier(alphas: list[float], values: list[float]) -> tuple[float, float]:
+DEFINITIONS = ("chord", "frankle")
+
+
+def check_definition(definition: Any) -> str:
+    """``definition`` if it is ``"chord"`` or ``"frankle"`` (``ValueError`` otherwise)."""
+    if not isinstance(definition, str) or definition not in DEFINITIONS:
+        raise ValueError(f"definition must be one of {DEFINITIONS}, got {definition!r}")
+    return definition
+
+
+def barrier_of(alphas: list[float], values: list[float], definition: str = "chord"
+               ) -> tuple[float, float]:
+    """(barrier, alpha of its maximum) of the curve ``values`` on ``alphas`` (first and last at
+    alpha = 0 and 1) by ``definition`` (see the module docstring); first maximum on ties."""
     a0, a1 = values[0], values[-1]
-    gaps = [v - ((1 - t) * a0 + t * a1) for t, v in zip(alphas, values)]
+    if check_definition(definition) == "chord":
+        gaps = [v - ((1 - t) * a0 + t * a1) for t, v in zip(alphas, values)]
+    else:
+        gaps = [v - 0.5 * (a0 + a1) for v in values]
     i = max(range(len(gaps)), key=lambda j: (gaps[j], -j))
     return gaps[i], alphas[i]
 
@@ -218,7 +252,7 @@ def _barrier(alphas: list[float], values: list[float]) -> tuple[float, float]:
 def loss_barrier(model: nn.Module, state_a: nn.Module | Mapping[str, torch.Tensor],
                  state_b: nn.Module | Mapping[str, torch.Tensor],
                  loss_fn: Callable[[nn.Module], Any], *, n_alpha: int = 11,
-                 reset_bn: bool = True) -> Barrier:
+                 reset_bn: bool = True, definition: str = "chord") -> Barrier:
     """Loss (and error) barrier between two parameter sets of ``model``'s architecture.
 
     Args:
@@ -230,6 +264,9 @@ def loss_barrier(model: nn.Module, state_a: nn.Module | Mapping[str, torch.Tenso
             (a scalar tensor or float each); called in eval mode under ``torch.no_grad``.
         n_alpha: number of grid points (>= 2), alpha = 0, 1/(n-1), ..., 1.
         reset_bn: recompute BatchNorm statistics at each alpha (see the module docstring).
+        definition: ``"chord"`` (default): max of L(alpha) minus the chord
+            (1 - alpha) L(0) + alpha L(1); ``"frankle"``: max of L(alpha) minus
+            (L(0) + L(1)) / 2 (Frankle et al. 2020). The same for the error.
 
     Returns:
         A :class:`Barrier`.
@@ -246,6 +283,7 @@ def loss_barrier(model: nn.Module, state_a: nn.Module | Mapping[str, torch.Tenso
         raise ValueError(f"n_alpha must be an int >= 2 (both ends of the segment), got {n_alpha}")
     if not isinstance(reset_bn, bool):
         raise TypeError(f"reset_bn must be a bool, got {reset_bn!r}")
+    check_definition(definition)
     sa, sb = state_of(state_a, "state_a"), state_of(state_b, "state_b")
     _check_states(model.state_dict(), sa, sb)
     alphas = [i / (n_alpha - 1) for i in range(n_alpha)]
@@ -265,12 +303,12 @@ def loss_barrier(model: nn.Module, state_a: nn.Module | Mapping[str, torch.Tenso
             losses.append(loss)
             errors.append(err)
         del work
-    b, a = _barrier(alphas, losses)
+    b, a = barrier_of(alphas, losses, definition)
     if all(e is not None for e in errors):
         errs = [float(e) for e in errors]  # type: ignore[arg-type]
-        eb, ea = _barrier(alphas, errs)
-        return Barrier(b, a, tuple(alphas), tuple(losses), eb, ea, tuple(errs))
+        eb, ea = barrier_of(alphas, errs, definition)
+        return Barrier(b, a, tuple(alphas), tuple(losses), eb, ea, tuple(errs), definition)
     if any(e is not None for e in errors):
         raise TypeError("loss_fn returned a (loss, error) pair at some alphas and a bare loss at "
                         "others")
-    return Barrier(b, a, tuple(alphas), tuple(losses))
+    return Barrier(b, a, tuple(alphas), tuple(losses), definition=definition)

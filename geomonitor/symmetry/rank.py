@@ -26,6 +26,11 @@ dimension here and not there (a cloud spread around a far-away mean has RankMe a
 than its centred value). The uncentred form is kept because it is the published definition
 and because a ReLU layer's mean is part of what the next layer sees.
 
+Scale: the three numbers are scale-blind, ``rank(c M) = rank(M)`` for every ``c > 0``: a
+weight decayed to a tiny norm (a collapsed network at chance accuracy) can keep a high effective
+rank. Read them beside ``||M||_F`` (the monitor's symmetry family logs ``weight_norm`` next to
+the weight ranks).
+
 Zero matrices: all singular values zero; the three functions return 0.0 (the rank of the zero
 matrix) rather than the 0/0 of the formulas. Cost: the effective rank and RankMe need the whole
 spectrum, one SVD, O(m n min(m, n)), on the tensor's device (``torch.linalg.svdvals``; retried

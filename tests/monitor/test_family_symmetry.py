@@ -88,6 +88,7 @@ def test_mlp_every_metric_against_numpy():
         s = np.linalg.svd(W, compute_uv=False)
         assert m.metrics[k(name, "effective_rank")] == pytest.approx(_erank_np(W), rel=1e-9)
         assert m.metrics[k(name, "stable_rank")] == pytest.approx((s ** 2).sum() / s[0] ** 2, rel=1e-9)
+        assert m.metrics[k(name, "weight_norm")] == pytest.approx(np.linalg.norm(W, "fro"), rel=1e-12)
     # RankMe of the selected layers' activations (outputs of the ReLU modules)
     for name, h in (("1", h1), ("3", h2)):
         s = np.linalg.svd(h, compute_uv=False)
@@ -105,7 +106,7 @@ def test_mlp_every_metric_against_numpy():
     ncc = ((h2[:, None, :] - means[None]) ** 2).sum(2).argmin(1)
     assert m.metrics[nc("nc4")] == pytest.approx((pred != ncc).mean())
     assert {nc(s) for s in ("nc2_equinorm", "nc2_equiangular", "nc3")} <= set(m.metrics)
-    assert len(m.metrics) == 8 + 6 + 2 + 5
+    assert len(m.metrics) == 8 + 9 + 2 + 5
     # without labels: no neural collapse
     m2 = fam.run(_ctx(net, (x,), layers=["1"]))
     assert not any(key.startswith("geometry/neural_collapse") for key in m2.metrics)
@@ -160,7 +161,7 @@ def test_transformer_encoder():
     assert metric_key("symmetry", "layers.1.linear1", "rankme") in m.metrics
     # the classifier candidate sees (T, B, D) token features: no neural collapse
     assert not any(k.startswith("geometry/neural_collapse") for k in m.metrics)
-    assert len(m.metrics) == 2 * 4 + 4 * 2 + 1
+    assert len(m.metrics) == 2 * 4 + 4 * 3 + 1
 
 
 def test_tiny_gpt2_logs_ranks_only():
@@ -178,8 +179,9 @@ def test_tiny_gpt2_logs_ranks_only():
     W = model.transformer.h[0].mlp.c_fc.weight.detach().double().numpy().T  # Conv1D: (in, out)
     assert m.metrics[metric_key("symmetry", "transformer.h.0.mlp.c_fc", "effective_rank")] == \
         pytest.approx(_erank_np(W), rel=1e-5)
-    assert sorted({k.split("/")[-1] for k in m.metrics}) == ["effective_rank", "rankme", "stable_rank"]
-    assert len(m.metrics) == 9 * 2 + 1
+    assert sorted({k.split("/")[-1] for k in m.metrics}) == ["effective_rank", "rankme", "stable_rank",
+                                                               "weight_norm"]
+    assert len(m.metrics) == 9 * 3 + 1
 
 
 class _ResNet(nn.Module):
@@ -211,6 +213,25 @@ def test_resnet_with_batchnorm_skips_every_pair_but_measures_collapse():
     assert metric_key("symmetry", "conv2", "rankme") in m.metrics
 
 
+def test_weight_norm_shows_a_collapse_the_scale_blind_ranks_miss():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 3)).double()
+    fam = SymmetryFamily(Every(n_steps=1), activation_ranks=False, collapse=False)
+    x = torch.rand(16, 12, dtype=torch.float64)
+    before = fam.run(_ctx(net, (x,))).metrics
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(1e-3)  # what strong weight decay does to every weight
+    after = fam.run(_ctx(net, (x,))).metrics
+    k = lambda layer, s: metric_key("symmetry", layer, s)  # noqa: E731
+    for name in ("0", "2"):
+        W = _np(dict(net.named_modules())[name].weight)
+        assert after[k(name, "effective_rank")] == pytest.approx(_erank_np(W), rel=1e-9)
+        assert after[k(name, "effective_rank")] == pytest.approx(before[k(name, "effective_rank")], rel=1e-9)
+        assert after[k(name, "weight_norm")] == pytest.approx(np.sqrt((W ** 2).sum()), rel=1e-12)
+        assert after[k(name, "weight_norm")] == pytest.approx(1e-3 * before[k(name, "weight_norm")], rel=1e-9)
+
+
 def test_large_layers_get_a_power_iteration_stable_rank_only():
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(40, 30), nn.ReLU(), nn.Linear(30, 2))
@@ -219,6 +240,8 @@ def test_large_layers_get_a_power_iteration_stable_rank_only():
     assert metric_key("symmetry", "0", "effective_rank") not in m.metrics
     s = np.linalg.svd(_np(net[0].weight), compute_uv=False)
     assert m.metrics[metric_key("symmetry", "0", "stable_rank")] == pytest.approx((s ** 2).sum() / s[0] ** 2, rel=1e-4)
+    assert m.metrics[metric_key("symmetry", "0", "weight_norm")] == \
+        pytest.approx(np.linalg.norm(_np(net[0].weight), "fro"), rel=1e-12)
     assert metric_key("symmetry", "2", "effective_rank") in m.metrics  # (2, 30): small side 2
 
 

@@ -82,6 +82,9 @@ def test_no_key_is_both_a_leaf_and_a_prefix():
     keys += [metric_key("neural_persistence", layer) for layer in layers]
     keys += [metric_key("skipped", f) for f in ("id", "topology")]
     keys += [metric_key("dropped", f) for f in ("id", "topology")]
+    keys += [metric_key("symmetry", layer, s) for layer in layers
+             for s in ("imbalance", "imbalance_rel", "dead_fraction", "duplicates", "effective_rank",
+                       "stable_rank", "weight_norm", "rankme")]
     leaves = set(keys)
     parents = {k.rsplit("/", i)[0] for k in keys for i in range(1, k.count("/"))}
     assert len(leaves) == len(keys)

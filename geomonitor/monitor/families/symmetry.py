@@ -19,12 +19,19 @@ key                                         what
                                             and outgoing cosine > ``duplicate_threshold``)
 ``geometry/symmetry/<l>/effective_rank``    Roy-Vetterli effective rank of ``l``'s weight
 ``geometry/symmetry/<l>/stable_rank``       ``||W||_F^2 / ||W||_2^2`` of ``l``'s weight
+``geometry/symmetry/<l>/weight_norm``       ``||W||_F`` of ``l``'s weight (the matrix the
+                                            ranks are computed on, bias excluded)
 ``geometry/symmetry/<s>/rankme``            RankMe (uncentred, eps 1e-7) of the activations
                                             of each layer ``s`` the engine selected
 ``geometry/neural_collapse/<c>/nc1``        NC1 of the classifier ``c``'s input features
 ``.../<c>/nc2_equinorm``, ``nc2_equiangular``  NC2 deviations; ``nc3``, ``nc4`` (Papyan et al.
                                             2020), when the probe set has class labels
 ==========================================  ===============================================
+
+Ranks are scale-blind: ``W`` and ``c W`` have the same effective and stable rank for every
+``c > 0``, so a weight decayed to almost nothing (a total collapse, chance accuracy) can still
+read a high rank. ``weight_norm`` is logged beside them so that such a collapse shows (it is
+logged whenever ``weight_ranks`` is on, also for weights too large for an SVD).
 
 ``a`` runs over the pairs (a, b) found by :func:`geomonitor.symmetry.find_pairs` (computed
 at the first measurement and kept: it depends on the architecture only); ``l`` over every
@@ -89,8 +96,8 @@ class SymmetryFamily(Family):
             (effective rank); larger ones get a Lanczos stable rank only. ``None``:
             always a full SVD.
         rankme_eps: RankMe's epsilon (Garrido et al. 2023 use 1e-7).
-        weight_ranks, activation_ranks, collapse: switch the rank of the weights, RankMe of
-            the selected layers and neural collapse on or off.
+        weight_ranks, activation_ranks, collapse: switch the ranks and norm of the weights,
+            RankMe of the selected layers and neural collapse on or off.
         seed: seed of the generator drawing Lanczos' start vectors.
 
     Raises:
@@ -250,6 +257,8 @@ class SymmetryFamily(Family):
         w, _ = output_weight(module)
         M = as_real(w, f"{name}.weight", min_dim=2)
         M = M.reshape(M.shape[0], -1)
+        fro2 = float(M.to(torch.float64).pow(2).sum())
+        out.metrics[metric_key("symmetry", name, "weight_norm")] = math.sqrt(fro2)
         if self.max_svd_size is None or min(M.shape) <= self.max_svd_size:
             s = singular_values(M, f"{name}.weight").to(torch.float64)  # one SVD for both ranks
             top = float(s[0])
@@ -259,7 +268,6 @@ class SymmetryFamily(Family):
                 0.0 if top == 0.0 else float((s * s).sum()) / top ** 2
             return
         top = top_singular_value(M, self.generator)
-        fro2 = float(M.to(torch.float64).pow(2).sum())
         out.metrics[metric_key("symmetry", name, "stable_rank")] = 0.0 if top == 0 else fro2 / top ** 2
 
     @staticmethod
