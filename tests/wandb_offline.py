@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import glob
 import os
-import struct
 import time
 
-from geomonitor.runs.wandb import alerts, history, metric_definitions, read_records
+from geomonitor.runs.wandb import alerts, finished, history, metric_definitions, read_records
 
 __all__ = ["alerts", "find_run_file", "history", "metric_definitions", "read_records"]
 
@@ -22,7 +21,7 @@ def find_run_file(root: str, *, timeout: float = 20.0) -> str:
     while True:
         files = [f for f in glob.glob(os.path.join(root, "**", "run-*.wandb"), recursive=True)
                  if "latest-run" not in f.split(os.sep)]
-        if len(files) == 1 and _has_exit(files[0]):
+        if len(files) == 1 and finished(files[0]):
             return files[0]
         if time.monotonic() >= deadline:
             break
@@ -31,9 +30,3 @@ def find_run_file(root: str, *, timeout: float = 20.0) -> str:
         raise AssertionError(f"expected one W&B run file below {root}, found {files}")
     return files[0]
 
-
-def _has_exit(path: str) -> bool:
-    try:
-        return any(r.WhichOneof("record_type") == "exit" for r in read_records(path))
-    except (ValueError, struct.error):  # header not written yet
-        return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import math
+import re
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -75,8 +76,15 @@ def _split(series: Series, family: str) -> dict[str, dict[str, str]]:
     return out
 
 
+def _natural(label: str) -> tuple:
+    """Sort key: numbers inside names compare as numbers (``h.2`` before ``h.10``); the
+    network ``mean`` last, so a layer keeps its colour from one axis to the next."""
+    parts = re.split(r"(\d+)", label)
+    return (label == "mean", [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in parts])
+
+
 def _lines(ax: Any, series: Series, named: dict[str, str], title: str) -> None:
-    for label, key in list(named.items())[:_MAX_LINES]:
+    for label, key in sorted(named.items(), key=lambda kv: _natural(kv[0]))[:_MAX_LINES]:
         steps, values = series[key]
         ax.plot(steps, values, "o-", ms=2.5, lw=1.2, label=label)
     ax.set_title(title, fontsize=10)

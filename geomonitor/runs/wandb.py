@@ -20,7 +20,7 @@ import os
 import struct
 from typing import Any
 
-__all__ = ["alerts", "find_run_file", "history", "metric_definitions", "read_records"]
+__all__ = ["alerts", "find_run_file", "finished", "history", "metric_definitions", "read_records"]
 
 _BLOCK = 32768
 _HEADER = 7
@@ -94,6 +94,15 @@ def find_run_file(path: str) -> str:
         raise ValueError(f"expected one W&B run file (run-*.wandb) in {path}, found {len(found)}"
                          + (": pass the run directory" if found else ""))
     return found[0]
+
+
+def finished(path: str) -> bool:
+    """Whether the run file holds its ``exit`` record (W&B writes the file asynchronously;
+    after ``run.finish()`` the last records may land a moment later)."""
+    try:
+        return any(r.WhichOneof("record_type") == "exit" for r in read_records(path))
+    except (OSError, ValueError, struct.error):  # header not written yet
+        return False
 
 
 def history(path: str, *, nested: bool = False) -> list[dict[str, Any]]:
