@@ -155,6 +155,24 @@ def test_report_panels_for_alerts_connectivity_equivariance_and_bookkeeping():
     assert "no values geomonitor plots" in render_report([])
 
 
+def test_readme_jsonl_example_runs_as_written(tmp_path, monkeypatch):
+    import re
+
+    readme = open(os.path.join(os.path.dirname(__file__), "..", "..", "README.md")).read()
+    section = readme.split("**Plain loops and Fabric: `JsonlSink`.**", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    X, y = digits()
+    model = mlp()
+    monkeypatch.chdir(tmp_path)
+    ns = {"model": model, "X_probe": X[:64], "y_probe": y[:64], "F": torch.nn.functional,
+          "opt": torch.optim.SGD(model.parameters(), lr=0.1),
+          "loader": torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, y),
+                                                batch_size=8)}  # 32 steps
+    exec(code, ns)  # noqa: S102 - the README's example
+    keys = {r.key for r in read_run(tmp_path / "runs" / "run.jsonl")}
+    assert "train/loss" in keys and any(k.startswith("geometry/id/") for k in keys), keys
+
+
 def test_command_line_report_and_help(loop_run, tmp_path):
     path, _ = loop_run
     out = tmp_path / "cli.html"
