@@ -159,7 +159,8 @@ def intrinsic_dimension(series: Series, tables: Tables) -> Panel | None:
         return None
     fig, axes = _figure(2)
     _lines(axes[0], series, layers, "ID per layer over time")
-    profile = tables.get(f"{PREFIX}/id_profile")
+    profile = [(s, t) for s, t in tables.get(f"{PREFIX}/id_profile", [])
+               if {"layer", "value"} <= set(t.columns)]
     if profile:
         shots = dict(profile)
         for s in _snapshots(sorted(shots)):
@@ -191,7 +192,8 @@ def intrinsic_dimension(series: Series, tables: Tables) -> Panel | None:
 
 
 def persistence(series: Series, tables: Tables) -> Panel | None:
-    diagrams = {k: v for k, v in tables.items() if k.startswith(f"{PREFIX}/ph/")}
+    diagrams = {k: v for k, v in tables.items() if k.startswith(f"{PREFIX}/ph/")
+                and all({"dim", "birth", "death"} <= set(t.columns) for _, t in v)}
     if not diagrams:
         return None
     keys = sorted(diagrams)[:3]

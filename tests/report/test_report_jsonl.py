@@ -153,6 +153,11 @@ def test_report_panels_for_alerts_connectivity_equivariance_and_bookkeeping():
         assert f"<h2>{title}</h2>" in page, title
     assert "Red lines: alerts (eos)" in page
     assert "no values geomonitor plots" in render_report([])
+    # a profile table of other columns (a line-series chart's) is left for the per-layer values
+    other = [Row(s, f"geometry/id/{n}", float(s + i)) for s in (1, 2) for i, n in enumerate("ab")]
+    other.append(Row(2, "geometry/id_profile", Table(["lineKey", "step", "lineVal"], [["a", 2, 3.0]])))
+    page = render_report(other)
+    assert "<h2>Intrinsic dimension</h2>" in page and "panel failed" not in page
 
 
 def test_readme_jsonl_example_runs_as_written(tmp_path, monkeypatch):

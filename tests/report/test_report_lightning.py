@@ -124,3 +124,26 @@ def test_report_of_each_logger(fit, kind, tmp_path):
     assert ("<h2>Persistence diagrams</h2>" in page) == (kind == "wandb")
     assert "panel failed" not in page
     assert "http://" not in page and "https://" not in page and "<script" not in page
+
+
+@pytest.mark.parametrize("logged_as", [("table",), ("plot",), ("table", "plot")])
+def test_wandb_tables_are_read_under_either_name_once(wandb_dir, logged_as):
+    """A table logged as ``<key>/table``, as a plot (``<key>/plot_table``) or both is one row."""
+    import wandb
+
+    run = wandb.init(project="tables", dir=str(wandb_dir), mode="offline")
+    data = [[0, 0.0, 0.5], [1, 0.25, 0.75]]
+    for step in (3, 7):
+        table = wandb.Table(columns=["dim", "birth", "death"], data=[[d, b, x + step] for d, b, x in data])
+        row = {"geometry/step": step, "geometry/ph/fc1/h1_n_bars": 1.0}
+        if "table" in logged_as:
+            row["geometry/ph/fc1/diagram/table"] = table
+        if "plot" in logged_as:
+            row["geometry/ph/fc1/diagram/plot"] = wandb.plot.scatter(table, "birth", "death")
+        run.log(row)
+    run.finish()
+    rows = read_run(os.path.dirname(wandb_offline.find_run_file(str(wandb_dir))))
+    tables = [(r.step, r.key, r.value.data) for r in rows if isinstance(r.value, Table)]
+    assert tables == [(s, "geometry/ph/fc1/diagram", [[d, b, x + s] for d, b, x in data])
+                      for s in (3, 7)]
+    assert [(r.step, r.value) for r in rows if r.key == "geometry/ph/fc1/h1_n_bars"] == [(3, 1.0), (7, 1.0)]
