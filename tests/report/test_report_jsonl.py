@@ -129,6 +129,16 @@ def test_read_run_gives_what_the_monitor_logged(loop_run):
         assert tables[k].data == [[i, n, v] for i, (n, v) in enumerate(zip(names, values))]
 
 
+def test_read_run_is_a_data_frame_with_pandas(loop_run):
+    pd = pytest.importorskip("pandas")
+    path, rec = loop_run
+    df = pd.DataFrame(read_run(path))
+    assert list(df.columns) == ["step", "key", "value"]
+    loss = df[df.key == "train/loss"]
+    assert list(loss.step) == list(range(1, 17))
+    assert list(loss.value) == [rec.metrics[(s, "train/loss")] for s in range(1, 17)]
+
+
 def test_report_holds_the_panels_of_the_run(loop_run, tmp_path):
     path, _ = loop_run
     out = write_report(path, tmp_path / "r.html")
@@ -191,6 +201,11 @@ def test_command_line_report_and_help(loop_run, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "geomonitor", "report", str(tmp_path / "none")],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "no run at" in bad.stderr
+    script = os.path.join(os.path.dirname(sys.executable), "geomonitor")
+    if os.path.exists(script):  # the console script of an installed geomonitor
+        installed = subprocess.run([script, "report", "--help"], capture_output=True, text=True,
+                                   timeout=300)
+        assert installed.returncode == 0 and "JsonlSink file" in installed.stdout
     import tomllib
 
     with open(os.path.join(os.path.dirname(__file__), "..", "..", "pyproject.toml"), "rb") as f:
