@@ -126,24 +126,26 @@ def test_report_of_each_logger(fit, kind, tmp_path):
     assert "http://" not in page and "https://" not in page and "<script" not in page
 
 
-@pytest.mark.parametrize("logged_as", [("table",), ("plot",), ("table", "plot")])
-def test_wandb_tables_are_read_under_either_name_once(wandb_dir, logged_as):
+def test_wandb_tables_are_read_under_either_name_once(wandb_dir):
     """A table logged as ``<key>/table``, as a plot (``<key>/plot_table``) or both is one row."""
     import wandb
 
     run = wandb.init(project="tables", dir=str(wandb_dir), mode="offline")
     data = [[0, 0.0, 0.5], [1, 0.25, 0.75]]
+    ways = {"fc1": ("table",), "fc2": ("plot",), "fc3": ("table", "plot")}
     for step in (3, 7):
-        table = wandb.Table(columns=["dim", "birth", "death"], data=[[d, b, x + step] for d, b, x in data])
         row = {"geometry/step": step, "geometry/ph/fc1/h1_n_bars": 1.0}
-        if "table" in logged_as:
-            row["geometry/ph/fc1/diagram/table"] = table
-        if "plot" in logged_as:
-            row["geometry/ph/fc1/diagram/plot"] = wandb.plot.scatter(table, "birth", "death")
+        for layer, logged_as in ways.items():
+            table = wandb.Table(columns=["dim", "birth", "death"],
+                                data=[[d, b, x + step] for d, b, x in data])
+            if "table" in logged_as:
+                row[f"geometry/ph/{layer}/diagram/table"] = table
+            if "plot" in logged_as:
+                row[f"geometry/ph/{layer}/diagram/plot"] = wandb.plot.scatter(table, "birth", "death")
         run.log(row)
     run.finish()
     rows = read_run(os.path.dirname(wandb_offline.find_run_file(str(wandb_dir))))
-    tables = [(r.step, r.key, r.value.data) for r in rows if isinstance(r.value, Table)]
-    assert tables == [(s, "geometry/ph/fc1/diagram", [[d, b, x + s] for d, b, x in data])
-                      for s in (3, 7)]
+    tables = sorted((r.step, r.key, r.value.data) for r in rows if isinstance(r.value, Table))
+    assert tables == [(s, f"geometry/ph/{layer}/diagram", [[d, b, x + s] for d, b, x in data])
+                      for s in (3, 7) for layer in ways]
     assert [(r.step, r.value) for r in rows if r.key == "geometry/ph/fc1/h1_n_bars"] == [(3, 1.0), (7, 1.0)]
