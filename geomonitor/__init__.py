@@ -8,8 +8,11 @@ Vietoris–Rips H1). The Lightning layer lives in :mod:`geomonitor.callbacks`.
 * topology — :func:`persistence_diagrams`, :func:`summarize`, :func:`neural_persistence`,
   :func:`neural_persistence_network`
 * distances — :func:`knn`, :func:`pairwise_distances`
+* runs on disk — :func:`read_run` (the reader behind ``geomonitor report``), and the file sink
+  :class:`geomonitor.sinks.JsonlSink`
 """
 from geomonitor.distances import knn, pairwise_distances
+from geomonitor.runs import read_run
 from geomonitor.intrinsic import IntrinsicDimension, intrinsic_dimension
 from geomonitor.sharpness import SharpnessEstimator, hessian_eigenvalues, hessian_trace
 from geomonitor.topology import (
@@ -33,5 +36,6 @@ __all__ = [
     "neural_persistence_network",
     "pairwise_distances",
     "persistence_diagrams",
+    "read_run",
     "summarize",
 ]

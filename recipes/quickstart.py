@@ -7,13 +7,16 @@
 At the end it prints where the run landed (and the ``wandb sync`` line for an offline run)
 and saves a figure (``--out``, default ``recipes/out/quickstart.png``): the training loss,
 sharpness against the gradient-descent stability threshold 2/η, the intrinsic dimension of
-each layer over time, and a persistence diagram of the last hidden layer.
+each layer over time, and a persistence diagram of the last hidden layer. It also writes the
+run's report (``--report``, default ``recipes/out/quickstart.html``), the page that
+``geomonitor report RUN`` makes from the run on disk; open it in a browser.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 from typing import Any
 
 import pytorch_lightning as pl
@@ -24,6 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _common import MemoryLogger, add_common_args, save_figure, digits_loaders, make_logger, where_it_landed  # noqa: E402
 
 from geomonitor.callbacks import GeometryMonitor  # noqa: E402
+from geomonitor.report import write_report  # noqa: E402
 
 LAYERS = ["fc1", "fc2", "fc3"]
 
@@ -73,6 +77,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--max-epochs", type=int, default=20)
     parser.add_argument("--max-steps", type=int, default=-1)
     parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--report", default=os.path.join("recipes", "out", "quickstart.html"),
+                        help="the HTML report of the run to write")
     args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     pl.seed_everything(args.seed, verbose=False)
@@ -92,10 +98,32 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.logger == "wandb":
         logger.experiment.finish()
     figure(memory.series, model, monitor, args.lr, args.out)
+    report = write_report(run_on_disk(logger), args.report)
     print(message)
     print(f"figure: {args.out}")
+    print(f"report: {report}  (or: geomonitor report RUN -o report.html)")
     return {"series": dict(memory.series), "out": args.out, "message": message,
-            "errors": dict(monitor.errors)}
+            "errors": dict(monitor.errors), "report": report}
+
+
+def run_on_disk(logger: Any, timeout: float = 30.0) -> str:
+    """The run's directory (a W&B run once its file is complete, else the logger's log_dir)."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    from geomonitor.runs.wandb import find_run_file, finished
+
+    if not isinstance(logger, WandbLogger):
+        return logger.log_dir
+    run_dir = os.path.dirname(logger.experiment.dir)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:  # W&B writes the run file's last records asynchronously
+        try:
+            if finished(find_run_file(run_dir)):
+                break
+        except ValueError:
+            pass
+        time.sleep(0.2)
+    return run_dir
 
 
 def figure(series: dict[str, list[tuple[int, float]]], model: nn.Module,

@@ -20,11 +20,16 @@ def _load():
 def test_quickstart_runs_and_draws_the_figure(tmp_path, wandb_dir, logger):
     out = tmp_path / "quickstart.png"
     res = _load().main(["--max-steps", "20", "--max-epochs", "2", "--logger", logger,
-                        "--save-dir", str(tmp_path), "--out", str(out)])
+                        "--save-dir", str(tmp_path), "--out", str(out),
+                        "--report", str(tmp_path / "quickstart.html")])
     assert out.stat().st_size > 10_000
     assert [s for s, _ in res["series"]["geometry/sharpness"]] == [10, 20]
     assert [s for s, _ in res["series"]["geometry/id/fc2"]] == [20]
     assert res["errors"] == {}
+    page = open(res["report"]).read()
+    assert res["report"] == str(tmp_path / "quickstart.html")
+    for title in ("Loss and sharpness", "Intrinsic dimension", "Neural persistence"):
+        assert f"<h2>{title}</h2>" in page, title
     if logger == "wandb":
         assert "wandb sync" in res["message"]
     else:
