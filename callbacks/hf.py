@@ -13,7 +13,11 @@ hook                what happens
 ``on_step_end``     ``monitor.step(state.global_step, optimizer=...)`` (optimizer steps, from 1)
 ``on_epoch_end``    ``monitor.step(..., epoch_end=True, epoch=e)``, ``e`` the 0-based epoch
 ``on_save``         the monitor state, ``geomonitor_state.pt``, in the new checkpoint folder
-``on_train_end``    ``monitor.close(wait=True)``: pending background work is finished
+``on_epoch_end``    when the training stops there (``control.should_training_stop``, or the
+                    last step reached): after the epoch's measurements, ``monitor.close(wait=
+                    True)``, so pending background values reach the integrations before their
+                    own ``on_train_end`` closes them (TensorBoard's writer, MLflow's run)
+``on_train_end``    ``monitor.close(wait=True)`` if not closed yet
 ==================  ==========================================================================
 
 Defaults fitted to Hugging Face models:
@@ -31,11 +35,24 @@ Defaults fitted to Hugging Face models:
 
 Where values go (world process zero only; every process measures, so that collective
 operations inside a sharded model's forward stay in lockstep, rank 0 deciding the cost cap):
-``trainer.state.log_history`` as ``{**metrics, "step": s}`` (saved in ``trainer_state.json``),
-and, when ``"wandb"`` is in ``args.report_to`` and a run is active, W&B through
-:class:`TrainerWandbSink` (``geometry/*`` charted against ``geometry/step``, one row per
-delivery that also carries ``train/global_step``; persistence diagrams and the ID profile as
-tables and plots). Other ``report_to`` integrations do not see the values.
+
+* ``trainer.state.log_history`` as ``{**metrics, "step": s}`` (saved in ``trainer_state.json``);
+* every ``report_to`` integration of the Trainer (TensorBoard, MLflow, Comet, ClearML, DVCLive,
+  ...; any callback that is an instance of one of ``transformers``' integration callbacks)
+  through its own ``on_log``, the route the Trainer's ``log`` takes, called with a shallow copy
+  of the ``TrainerState`` whose ``global_step`` is the step the values describe (so a value
+  computed in the background lands on its step) and a throwaway ``TrainerControl`` (nothing
+  the integration sets reaches the training loop). ``log_history`` is not appended to twice
+  and the Trainer's own logging (``logging_steps``, the loss accumulator) is untouched. Each
+  integration names the values as it names the Trainer's: TensorBoard and W&B's callback
+  prefix ``train/`` (``train/geometry/sharpness``), MLflow keeps ``geometry/sharpness``. An
+  integration that fails is warned once and the others still get the values. The
+  integrations are those of the ``CallbackHandler`` that calls ``on_train_begin``;
+* W&B, when ``"wandb"`` is in ``args.report_to`` and a run is active, through
+  :class:`~geomonitor.callbacks.sinks.WandbSink` rather than ``WandbCallback.on_log``
+  (``geometry/*`` charted against ``geometry/step``, one row per delivery that also carries
+  ``train/global_step``; persistence diagrams and the ID profile as charts; statistics over
+  layers past ``wandb_max_layers`` layers).
 
 Example:
     >>> trainer = Trainer(model, args, train_dataset=ds,                     # doctest: +SKIP
@@ -43,8 +60,10 @@ Example:
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
+import sys
 import warnings
 import weakref
 from collections.abc import Callable, Mapping
@@ -52,11 +71,14 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
-from transformers import TrainerCallback
+from transformers import TrainerCallback, TrainerControl
+from transformers.integrations import integration_utils
+from transformers.trainer_callback import CallbackHandler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from geomonitor.callbacks import _checks as check
 from geomonitor.callbacks.sinks import GEOMETRY_STEP, WandbSink
+from geomonitor.callbacks.wandb_layers import DEFAULT_MAX_LAYERS, check_max_layers
 from geomonitor.monitor.engine import Monitor, MonitorWarning
 from geomonitor.monitor.families import build_families
 from geomonitor.monitor.families.sharpness import as_loss
@@ -117,6 +139,34 @@ def _report_to_wandb(args: Any) -> bool:
     return "wandb" in report_to or "all" in report_to
 
 
+def _integrations(handler: Any) -> list[Any]:
+    """The ``report_to`` integration callbacks of a ``CallbackHandler`` (W&B's left out: the
+    values reach W&B through :class:`WandbSink`)."""
+    if handler is None:
+        return []
+    kinds = tuple(integration_utils.INTEGRATION_TO_CALLBACK.values())
+    return [cb for cb in handler.callbacks
+            if isinstance(cb, kinds) and not isinstance(cb, integration_utils.WandbCallback)]
+
+
+def _calling_handler(callback: Any) -> Any | None:
+    """The ``CallbackHandler`` whose ``call_event`` called the hook that calls this (the
+    Trainer hands its callbacks no reference to the handler), or ``None`` when the hook was
+    called some other way. Only a ``call_event`` frame's locals are read (reading another
+    frame's locals would keep a snapshot of them alive)."""
+    try:
+        frame = sys._getframe(2)
+    except ValueError:  # a call stack shallower than the hook and this function
+        return None
+    if frame.f_code is not CallbackHandler.call_event.__code__:
+        return None
+    owner = frame.f_locals.get("self")
+    del frame
+    if isinstance(owner, CallbackHandler) and any(cb is callback for cb in owner.callbacks):
+        return owner
+    return None
+
+
 def _close_quietly(monitor: Monitor) -> None:
     try:
         monitor.close(wait=False)
@@ -125,21 +175,29 @@ def _close_quietly(monitor: Monitor) -> None:
 
 
 class LogHistorySink:
-    """Values into ``state.log_history`` (``{**metrics, "step": step}``) and, when the Trainer
-    reports to W&B and a run is active, to W&B via :class:`~geomonitor.callbacks.sinks.WandbSink` (the run resolved
-    at each call). Only the world process zero writes.
+    """Values into ``state.log_history`` (``{**metrics, "step": step}``), into the ``on_log``
+    of the Trainer's ``report_to`` integrations and, when the Trainer reports to W&B and a run
+    is active, to W&B via :class:`~geomonitor.callbacks.sinks.WandbSink` (the run resolved at
+    each call). Only the world process zero writes.
 
     Args:
         state: the Trainer's ``TrainerState``.
         wandb: whether to send values to W&B (``"wandb"`` in ``args.report_to``).
+        handler: the Trainer's ``CallbackHandler`` (its integrations get the values), or None.
+        args: the ``TrainingArguments`` the integrations are called with.
+        wandb_max_layers: see :class:`~geomonitor.callbacks.sinks.WandbSink` ``max_layers``.
     """
 
-    def __init__(self, state: Any, wandb: bool = False) -> None:
+    def __init__(self, state: Any, wandb: bool = False, handler: Any = None, args: Any = None,
+                 wandb_max_layers: int | None = DEFAULT_MAX_LAYERS) -> None:
         self.state = state
+        self.handler, self.args = handler, args
+        self._failed: set[str] = set()
         # one committed row per delivery: the Trainer commits a row only every logging_steps, and
         # uncommitted values of several steps would merge into one row; both step keys, since
         # the Trainer's define_metric("*", step_metric="train/global_step") matches geometry/*
-        self.wandb = WandbSink(commit=True, step_keys=(GEOMETRY_STEP, HF_STEP_KEY)) if wandb else None
+        self.wandb = WandbSink(commit=True, step_keys=(GEOMETRY_STEP, HF_STEP_KEY),
+                               max_layers=wandb_max_layers) if wandb else None
 
     def _writes(self) -> bool:
         return bool(getattr(self.state, "is_world_process_zero", True))
@@ -152,10 +210,33 @@ class LogHistorySink:
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         if not metrics or not self._writes():
             return
-        self.state.log_history.append({**{k: float(v) for k, v in metrics.items()}, "step": int(step)})
+        values = {k: float(v) for k, v in metrics.items()}
+        self.state.log_history.append({**values, "step": int(step)})
+        self._integrations(values, int(step))
         sink = self._wandb()
         if sink is not None:
             sink.log_metrics(metrics, step)
+
+    def _integrations(self, values: dict[str, float], step: int) -> None:
+        callbacks = _integrations(self.handler)
+        if not callbacks:
+            return
+        state = copy.copy(self.state)  # shallow: the integrations read global_step from it
+        state.global_step = step
+        h = self.handler
+        for cb in callbacks:
+            try:
+                cb.on_log(self.args, state, TrainerControl(), logs=dict(values), model=h.model,
+                          processing_class=h.processing_class, optimizer=h.optimizer,
+                          lr_scheduler=h.lr_scheduler, train_dataloader=h.train_dataloader,
+                          eval_dataloader=h.eval_dataloader)
+            except Exception as exc:  # noqa: BLE001 - one integration never takes the others down
+                name = type(cb).__name__
+                if name not in self._failed:
+                    self._failed.add(name)
+                    warnings.warn(f"{name} failed to log geometry metrics: {exc!r}; the other "
+                                  "integrations still get them (warned once)", RuntimeWarning,
+                                  stacklevel=3)
 
     def log_diagram(self, key: str, diagrams: Any, step: int) -> None:
         sink = self._wandb()
@@ -190,6 +271,10 @@ class GeometryTrainerCallback(TrainerCallback):
             :func:`model_loss`, ``model(**batch).loss``).
         forward_fn: ``forward_fn(model, batch)`` for activations (default ``model(**batch)``
             for dict batches).
+        wandb_max_layers: W&B gets per-layer keys for at most this many measured layers,
+            the mean, min and max over layers past it, with one warning (a W&B project holds
+            under 10,000 keys; :mod:`~geomonitor.callbacks.wandb_layers`); ``None``: no limit.
+            The other integrations and ``log_history`` get every layer.
 
     Attributes:
         monitor: the :class:`~geomonitor.monitor.Monitor` of the current (or last) run, or
@@ -235,8 +320,10 @@ class GeometryTrainerCallback(TrainerCallback):
         strict: bool = False,
         max_pending: int = 4,
         max_overhead: float | None = 0.05,
+        wandb_max_layers: int | None = DEFAULT_MAX_LAYERS,
     ) -> None:
         layers = check.layers(layers)
+        self.wandb_max_layers = check_max_layers(wandb_max_layers, "wandb_max_layers")
         check.choice("reduce", reduce, check.REDUCTIONS)
         probe_data = check.common(probe_size, probe_seed, probe_data, strict, max_pending)
         check.max_overhead(max_overhead)
@@ -262,6 +349,7 @@ class GeometryTrainerCallback(TrainerCallback):
                             max_overhead=max_overhead)
         self.probe_data, self.loss_fn, self.forward_fn = probe_data, loss_fn, forward_fn
         self.monitor: Monitor | None = None
+        self._ended = False
         self._pending_state: dict[str, Any] | None = None
         self._finalizer: weakref.finalize | None = None
 
@@ -289,19 +377,24 @@ class GeometryTrainerCallback(TrainerCallback):
         if model is None:
             raise ValueError("GeometryTrainerCallback.on_train_begin needs the model "
                              "(the Trainer passes it as model=...)")
-        self._build(args, state, model, train_dataloader)
+        self._build(args, state, model, train_dataloader, _calling_handler(self))
 
     def on_step_end(self, args: Any, state: Any, control: Any, optimizer: Any = None,
                     **kwargs: Any) -> None:
-        if self.monitor is not None:
+        if self.monitor is not None and not self._ended:
             self._step(state.global_step, optimizer=optimizer)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, optimizer: Any = None,
                      **kwargs: Any) -> None:
-        if self.monitor is not None:
+        if self.monitor is not None and not self._ended:
             # state.epoch is e + 1 after a full epoch e (0-based), e + fraction after a partial one
             epoch = max(0, math.ceil(round(float(state.epoch or 0.0), 6)) - 1)
             self._step(state.global_step, optimizer=optimizer, epoch_end=True, epoch=epoch)
+            stops = bool(getattr(control, "should_training_stop", False))
+            if stops or 0 < (state.max_steps or 0) <= state.global_step:
+                # the last hook before the integrations' on_train_end: deliver what is pending
+                self._ended = True
+                self.monitor.close(wait=True)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.monitor is None or not state.is_world_process_zero:
@@ -341,7 +434,8 @@ class GeometryTrainerCallback(TrainerCallback):
         return out
 
     # -- implementation ---------------------------------------------------------------------
-    def _build(self, args: Any, state: Any, model: Any, train_dataloader: Any) -> None:
+    def _build(self, args: Any, state: Any, model: Any, train_dataloader: Any,
+               handler: Any = None) -> None:
         if self.monitor is not None:
             _close_quietly(self.monitor)
             if self._finalizer is not None:
@@ -349,7 +443,10 @@ class GeometryTrainerCallback(TrainerCallback):
         seed = self._kwargs["probe_seed"]
         data = self.probe_data
         probe = data if data is not None else (lambda: _probe_loader(train_dataloader, seed))
-        self.monitor = Monitor(model, probe=probe, sink=LogHistorySink(state, _report_to_wandb(args)),
+        sink = LogHistorySink(state, _report_to_wandb(args), handler=handler, args=args,
+                              wandb_max_layers=self.wandb_max_layers)
+        self._ended = False
+        self.monitor = Monitor(model, probe=probe, sink=sink,
                                families=build_families(seed=seed, **self._options),
                                forward_fn=self.forward_fn, loss_fn=self.loss_fn or model_loss,
                                total_steps=lambda: state.max_steps, **self._kwargs)
