@@ -92,9 +92,11 @@ class LayerBudget:
             warnings.warn(
                 f"geomonitor: {len(self.layers) + len(fresh)} or more measured layers, past "
                 f"max_layers={self.max_layers}: W&B gets the mean, min and max over layers "
-                "(geometry/<family>/mean_over_layers...) instead of per-layer keys, and persistence "
-                f"diagrams of the first {len(self.layers)} layers only (a W&B project holds under "
-                "10,000 keys); the other loggers still get every layer", RuntimeWarning, stacklevel=4)
+                "(geometry/<family>/mean_over_layers...) instead of per-layer keys, and "
+                + (f"persistence diagrams of the first {len(self.layers)} layers only" if self.layers
+                   else "no persistence diagram")
+                + " (a W&B project holds under 10,000 keys); the other loggers still get every "
+                "layer", RuntimeWarning, stacklevel=4)
             return
         self.layers.update(dict.fromkeys(fresh))
 
