@@ -2,8 +2,8 @@
 
 A W&B project holds under 10,000 distinct metric keys (W&B's documented limit), shared by
 all its runs. Every per-layer family (:data:`~geomonitor.monitor.keys.LAYERED`) writes one
-key per layer and statistic: about 25 per layer with every default family on (one intrinsic
-dimension, two dozen persistence summaries and a diagram, a neural persistence, a few symmetry
+key per layer and statistic: about 20 per layer with every default family on (one intrinsic
+dimension, 12 persistence summaries and a diagram, a neural persistence, up to 7 symmetry
 indicators), so a model of a few hundred measured layers would fill a project alone.
 
 :class:`LayerBudget` keeps the per-layer keys of the first ``max_layers`` distinct layers it
@@ -36,7 +36,7 @@ from geomonitor.monitor.keys import LAYERED, LAYER_STATS, layers_key, split_key
 
 __all__ = ["DEFAULT_MAX_LAYERS", "LayerBudget"]
 
-#: Per-layer keys for up to 64 layers: about 1,600 keys for one model with every family on,
+#: Per-layer keys for up to 64 layers: about 1,400 keys for one model with every family on,
 #: so several model shapes fit in one project under W&B's 10,000.
 DEFAULT_MAX_LAYERS = 64
 
