@@ -215,3 +215,15 @@ def test_hooks_called_by_hand_find_no_handler(tmp_path):
                       train_dataloader=loader)
     assert cb.monitor.sink.inner.handler is None  # values go to log_history (and W&B) only
     cb.on_train_end(None, TrainerState(), None)
+
+
+def test_state_saved_after_the_last_epoch_end_is_the_closed_monitors(tmp_path):
+    from geomonitor.callbacks.hf import STATE_FILE
+
+    # epoch checkpoints: the last one is written after on_epoch_end, where the monitor closed
+    cb = callback(np_every_n_epochs=None)
+    fit(tmp_path, cb, save_strategy="epoch", max_steps=8)
+    assert cb.monitor._closed
+    saved = torch.load(tmp_path / "out" / "checkpoint-8" / STATE_FILE, weights_only=True)
+    assert saved["last"] == {"id": 8, "sharpness": 8}
+    assert set(saved) == set(cb.monitor.state_dict())
