@@ -11,12 +11,12 @@ hook                what happens
                     arguments, so it pickles and deep-copies); on a resumed run the monitor
                     state saved next to the checkpoint is loaded, so the series continues
 ``on_step_end``     ``monitor.step(state.global_step, optimizer=...)`` (optimizer steps, from 1)
-``on_epoch_end``    ``monitor.step(..., epoch_end=True, epoch=e)``, ``e`` the 0-based epoch
+``on_epoch_end``    ``monitor.step(..., epoch_end=True, epoch=e)``, ``e`` the 0-based epoch;
+                    when the training stops there (``control.should_training_stop``, or the
+                    last step reached), then ``monitor.close(wait=True)``, so pending
+                    background values reach the integrations before their own
+                    ``on_train_end`` closes them (TensorBoard's writer, MLflow's run)
 ``on_save``         the monitor state, ``geomonitor_state.pt``, in the new checkpoint folder
-``on_epoch_end``    when the training stops there (``control.should_training_stop``, or the
-                    last step reached): after the epoch's measurements, ``monitor.close(wait=
-                    True)``, so pending background values reach the integrations before their
-                    own ``on_train_end`` closes them (TensorBoard's writer, MLflow's run)
 ``on_train_end``    ``monitor.close(wait=True)`` if not closed yet
 ==================  ==========================================================================
 
@@ -190,14 +190,20 @@ class LogHistorySink:
 
     def __init__(self, state: Any, wandb: bool = False, handler: Any = None, args: Any = None,
                  wandb_max_layers: int | None = DEFAULT_MAX_LAYERS) -> None:
-        self.state = state
-        self.handler, self.args = handler, args
+        self.state, self.args = state, args
+        # weak: the handler holds the callback, whose finalizer holds the monitor and this sink
+        self._handler = weakref.ref(handler) if handler is not None else None
         self._failed: set[str] = set()
         # one committed row per delivery: the Trainer commits a row only every logging_steps, and
         # uncommitted values of several steps would merge into one row; both step keys, since
         # the Trainer's define_metric("*", step_metric="train/global_step") matches geometry/*
         self.wandb = WandbSink(commit=True, step_keys=(GEOMETRY_STEP, HF_STEP_KEY),
                                max_layers=wandb_max_layers) if wandb else None
+
+    @property
+    def handler(self) -> Any | None:
+        """The Trainer's ``CallbackHandler`` (``None``: none given, or the Trainer is gone)."""
+        return self._handler() if self._handler is not None else None
 
     def _writes(self) -> bool:
         return bool(getattr(self.state, "is_world_process_zero", True))
@@ -212,18 +218,18 @@ class LogHistorySink:
             return
         values = {k: float(v) for k, v in metrics.items()}
         self.state.log_history.append({**values, "step": int(step)})
-        self._integrations(values, int(step))
+        self._to_integrations(values, int(step))
         sink = self._wandb()
         if sink is not None:
             sink.log_metrics(metrics, step)
 
-    def _integrations(self, values: dict[str, float], step: int) -> None:
-        callbacks = _integrations(self.handler)
+    def _to_integrations(self, values: dict[str, float], step: int) -> None:
+        h = self.handler
+        callbacks = _integrations(h)
         if not callbacks:
             return
         state = copy.copy(self.state)  # shallow: the integrations read global_step from it
         state.global_step = step
-        h = self.handler
         for cb in callbacks:
             try:
                 cb.on_log(self.args, state, TrainerControl(), logs=dict(values), model=h.model,

@@ -190,11 +190,11 @@ def test_sink_without_a_handler_or_off_rank_zero_calls_no_integration():
 
     seen = Seen()
     state = TrainerState(global_step=9)
-    LogHistorySink(state, handler=Handler([seen, _Recorder()])).log_metrics(
-        {"geometry/sharpness": 2.0}, 7)
+    handler = Handler([seen, _Recorder()])  # the sink holds it weakly, as the Trainer's
+    LogHistorySink(state, handler=handler).log_metrics({"geometry/sharpness": 2.0}, 7)
     assert seen.calls == [(7, {"geometry/sharpness": 2.0})]
     assert state.global_step == 9  # the integrations got a copy at the described step
-    LogHistorySink(TrainerState(is_world_process_zero=False), handler=Handler([seen])).log_metrics(
+    LogHistorySink(TrainerState(is_world_process_zero=False), handler=handler).log_metrics(
         {"geometry/sharpness": 3.0}, 8)
     LogHistorySink(TrainerState()).log_metrics({"geometry/sharpness": 4.0}, 8)
     assert len(seen.calls) == 1
@@ -227,3 +227,27 @@ def test_state_saved_after_the_last_epoch_end_is_the_closed_monitors(tmp_path):
     saved = torch.load(tmp_path / "out" / "checkpoint-8" / STATE_FILE, weights_only=True)
     assert saved["last"] == {"id": 8, "sharpness": 8}
     assert set(saved) == set(cb.monitor.state_dict())
+
+
+class _Boom(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            raise RuntimeError("boom")
+
+
+def test_a_trainer_that_raises_leaves_no_monitor_behind(tmp_path, monkeypatch):
+    import gc
+
+    monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
+    cb = callback(id_every_n_steps=1)
+    trainer = Trainer(tiny_gpt2(), training_args(tmp_path, report_to=["tensorboard"]),
+                      train_dataset=token_dataset(), callbacks=[cb, _Boom()])
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.train()
+    monitor = cb.monitor
+    assert monitor.sink.inner.handler is trainer.callback_handler  # found while training
+    assert not monitor._closed
+    del trainer, cb
+    gc.collect()
+    assert monitor._closed  # the callback's finalizer ran: nothing kept it alive
+    assert monitor.sink.inner.handler is None
