@@ -164,13 +164,20 @@ class TrainerSink:
 _SINKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def trainer_sink(trainer: Any, max_layers: int | None = DEFAULT_MAX_LAYERS) -> TrainerSink:
+_UNSET: Any = object()
+
+
+def trainer_sink(trainer: Any, max_layers: int | None = _UNSET) -> TrainerSink:
     """The one :class:`TrainerSink` of ``trainer``, shared by every callback of the fit: one
-    ``define_metric``, and one warning per failing logger for the whole fit (``max_layers``
-    is that of the call that makes it)."""
+    ``define_metric``, and one warning per failing logger for the whole fit. ``max_layers``,
+    when given, sets the W&B layer budget while it has counted no layer yet (the monitor's
+    setting wins over a callback that made the sink first without one)."""
     sink = _SINKS.get(trainer)
     if sink is None:
-        sink = _SINKS[trainer] = TrainerSink(trainer, max_layers)
+        sink = _SINKS[trainer] = TrainerSink(
+            trainer, DEFAULT_MAX_LAYERS if max_layers is _UNSET else max_layers)
+    elif max_layers is not _UNSET and not sink.budget.layers and not sink.budget.aggregated:
+        sink.budget = LayerBudget(max_layers)
     return sink
 
 

@@ -242,3 +242,15 @@ def test_max_layers_must_be_none_or_a_positive_int(value):
         WandbSink(max_layers=value)
     with pytest.raises(ValueError, match=rf"wandb_max_layers must be None or an int >= 1, got {value!r}"):
         GeometryMonitor(wandb_max_layers=value)
+
+
+def test_the_monitors_max_layers_wins_over_a_sink_made_first(tmp_path):
+    from geomonitor.callbacks.sinks import trainer_sink
+
+    trainer = pl.Trainer(max_steps=1, logger=False, accelerator="cpu", enable_progress_bar=False,
+                         enable_model_summary=False, enable_checkpointing=False, default_root_dir=tmp_path)
+    first = trainer_sink(trainer)  # e.g. an alerts callback, before the monitor
+    assert first.budget.max_layers == 64
+    assert trainer_sink(trainer, 3) is first and first.budget.max_layers == 3
+    first.budget.metrics({"geometry/id/a": 1.0})
+    assert trainer_sink(trainer, None).budget.max_layers == 3  # counted already: kept
