@@ -15,6 +15,7 @@ import pytest
 import torch
 
 pytest.importorskip("transformers")
+pytest.importorskip("tensorboard")  # TensorBoardCallback writes through torch.utils.tensorboard
 from transformers import Trainer, TrainerCallback  # noqa: E402
 from transformers.integrations import MLflowCallback, TensorBoardCallback  # noqa: E402
 
