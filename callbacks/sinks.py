@@ -202,7 +202,9 @@ def _spread(n: int, k: int) -> list[int]:
 class _Profiles:
     """The profiles of a run so far, per key: each delivery re-logs one line-series chart of
     the steps measured so far (at most :data:`PROFILE_LINES`: the first, the last and evenly
-    spaced ones), so one panel shows how the profile across depth moved."""
+    spaced ones), so one panel shows how the profile across depth moved. Held by the sink, not
+    the monitor's ``state_dict``: a resumed run's chart starts from its first profile after the
+    resume (the earlier tables stay in the run)."""
 
     def __init__(self) -> None:
         self.seen: dict[str, dict[int, tuple[list[str], list[float]]]] = {}
