@@ -60,10 +60,8 @@ Example:
 """
 from __future__ import annotations
 
-import copy
 import math
 import os
-import sys
 import warnings
 import weakref
 from collections.abc import Callable, Mapping
@@ -71,13 +69,11 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, IterableDataset
-from transformers import TrainerCallback, TrainerControl
-from transformers.integrations import integration_utils
-from transformers.trainer_callback import CallbackHandler
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from geomonitor.callbacks import _checks as check
-from geomonitor.callbacks.sinks import GEOMETRY_STEP, WandbSink
+from geomonitor.callbacks.hf_sink import LogHistorySink, calling_handler
 from geomonitor.callbacks.wandb_layers import DEFAULT_MAX_LAYERS, check_max_layers
 from geomonitor.monitor.engine import Monitor, MonitorWarning
 from geomonitor.monitor.families import build_families
@@ -85,8 +81,6 @@ from geomonitor.monitor.families.sharpness import as_loss
 
 __all__ = ["GeometryTrainerCallback", "LogHistorySink", "STATE_FILE", "model_loss"]
 
-#: The step metric of the Trainer's own W&B rows (``WandbCallback``).
-HF_STEP_KEY = "train/global_step"
 #: The monitor state's file in each checkpoint folder (``torch.load(weights_only=True)``-safe).
 STATE_FILE = "geomonitor_state.pt"
 
@@ -139,32 +133,6 @@ def _report_to_wandb(args: Any) -> bool:
     return "wandb" in report_to or "all" in report_to
 
 
-def _integrations(handler: Any) -> list[Any]:
-    """The ``report_to`` integration callbacks of a ``CallbackHandler`` (W&B's left out: the
-    values reach W&B through :class:`WandbSink`)."""
-    if handler is None:
-        return []
-    kinds = tuple(integration_utils.INTEGRATION_TO_CALLBACK.values())
-    return [cb for cb in handler.callbacks
-            if isinstance(cb, kinds) and not isinstance(cb, integration_utils.WandbCallback)]
-
-
-def _calling_handler(callback: Any) -> Any | None:
-    """The ``CallbackHandler`` whose ``call_event`` called the hook that calls this (the
-    Trainer hands its callbacks no reference to the handler), or ``None`` when the hook was
-    called some other way. Only a ``call_event`` frame's locals are read (reading another
-    frame's locals would keep a snapshot of them alive)."""
-    try:
-        frame = sys._getframe(2)
-    except ValueError:  # a call stack shallower than the hook and this function
-        return None
-    if frame.f_code is not CallbackHandler.call_event.__code__:
-        return None
-    owner = frame.f_locals.get("self")
-    del frame
-    if isinstance(owner, CallbackHandler) and any(cb is callback for cb in owner.callbacks):
-        return owner
-    return None
 
 
 def _close_quietly(monitor: Monitor) -> None:
@@ -173,86 +141,6 @@ def _close_quietly(monitor: Monitor) -> None:
     except Exception:  # noqa: BLE001 - at interpreter exit nothing can be reported
         pass
 
-
-class LogHistorySink:
-    """Values into ``state.log_history`` (``{**metrics, "step": step}``), into the ``on_log``
-    of the Trainer's ``report_to`` integrations and, when the Trainer reports to W&B and a run
-    is active, to W&B via :class:`~geomonitor.callbacks.sinks.WandbSink` (the run resolved at
-    each call). Only the world process zero writes.
-
-    Args:
-        state: the Trainer's ``TrainerState``.
-        wandb: whether to send values to W&B (``"wandb"`` in ``args.report_to``).
-        handler: the Trainer's ``CallbackHandler`` (its integrations get the values), or None.
-        args: the ``TrainingArguments`` the integrations are called with.
-        wandb_max_layers: see :class:`~geomonitor.callbacks.sinks.WandbSink` ``max_layers``.
-    """
-
-    def __init__(self, state: Any, wandb: bool = False, handler: Any = None, args: Any = None,
-                 wandb_max_layers: int | None = DEFAULT_MAX_LAYERS) -> None:
-        self.state, self.args = state, args
-        # weak: the handler holds the callback, whose finalizer holds the monitor and this sink
-        self._handler = weakref.ref(handler) if handler is not None else None
-        self._failed: set[str] = set()
-        # one committed row per delivery: the Trainer commits a row only every logging_steps, and
-        # uncommitted values of several steps would merge into one row; both step keys, since
-        # the Trainer's define_metric("*", step_metric="train/global_step") matches geometry/*
-        self.wandb = WandbSink(commit=True, step_keys=(GEOMETRY_STEP, HF_STEP_KEY),
-                               max_layers=wandb_max_layers) if wandb else None
-
-    @property
-    def handler(self) -> Any | None:
-        """The Trainer's ``CallbackHandler`` (``None``: none given, or the Trainer is gone)."""
-        return self._handler() if self._handler is not None else None
-
-    def _writes(self) -> bool:
-        return bool(getattr(self.state, "is_world_process_zero", True))
-
-    def _wandb(self) -> WandbSink | None:
-        if self.wandb is None or not self._writes() or self.wandb.wandb_run() is None:
-            return None
-        return self.wandb
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        if not metrics or not self._writes():
-            return
-        values = {k: float(v) for k, v in metrics.items()}
-        self.state.log_history.append({**values, "step": int(step)})
-        self._to_integrations(values, int(step))
-        sink = self._wandb()
-        if sink is not None:
-            sink.log_metrics(metrics, step)
-
-    def _to_integrations(self, values: dict[str, float], step: int) -> None:
-        h = self.handler
-        callbacks = _integrations(h)
-        if not callbacks:
-            return
-        state = copy.copy(self.state)  # shallow: the integrations read global_step from it
-        state.global_step = step
-        for cb in callbacks:
-            try:
-                cb.on_log(self.args, state, TrainerControl(), logs=dict(values), model=h.model,
-                          processing_class=h.processing_class, optimizer=h.optimizer,
-                          lr_scheduler=h.lr_scheduler, train_dataloader=h.train_dataloader,
-                          eval_dataloader=h.eval_dataloader)
-            except Exception as exc:  # noqa: BLE001 - one integration never takes the others down
-                name = type(cb).__name__
-                if name not in self._failed:
-                    self._failed.add(name)
-                    warnings.warn(f"{name} failed to log geometry metrics: {exc!r}; the other "
-                                  "integrations still get them (warned once)", RuntimeWarning,
-                                  stacklevel=3)
-
-    def log_diagram(self, key: str, diagrams: Any, step: int) -> None:
-        sink = self._wandb()
-        if sink is not None:
-            sink.log_diagram(key, diagrams, step)
-
-    def log_profile(self, key: str, names: Any, values: Any, step: int) -> None:
-        sink = self._wandb()
-        if sink is not None:
-            sink.log_profile(key, names, values, step)
 
 
 class GeometryTrainerCallback(TrainerCallback):
@@ -383,7 +271,7 @@ class GeometryTrainerCallback(TrainerCallback):
         if model is None:
             raise ValueError("GeometryTrainerCallback.on_train_begin needs the model "
                              "(the Trainer passes it as model=...)")
-        self._build(args, state, model, train_dataloader, _calling_handler(self))
+        self._build(args, state, model, train_dataloader, calling_handler(self))
 
     def on_step_end(self, args: Any, state: Any, control: Any, optimizer: Any = None,
                     **kwargs: Any) -> None:
