@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 
 from geomonitor.callbacks._lightning import CALLBACK_BASES
 from geomonitor.callbacks.sinks import trainer_sink
+from geomonitor.callbacks.wandb_layers import DEFAULT_MAX_LAYERS, check_max_layers
 from geomonitor.monitor.engine import Monitor, MonitorWarning, default_forward
 from geomonitor.monitor.families import build_families
 from geomonitor.monitor.families.sharpness import as_loss
@@ -78,8 +79,10 @@ class MonitorCallback(*CALLBACK_BASES):
                  probe_size: int = 256, probe_seed: int = 0, probe_data: Any = None,
                  forward_fn: Any = None, loss_fn: Any = None, prog_bar: list[str] | None = None,
                  strict: bool = False, max_pending: int = 4,
-                 max_overhead: float | None = 0.05) -> None:
+                 max_overhead: float | None = 0.05,
+                 wandb_max_layers: int | None = DEFAULT_MAX_LAYERS) -> None:
         super().__init__()
+        self.wandb_max_layers = check_max_layers(wandb_max_layers, "wandb_max_layers")
         names = [f.name for f in build_families(seed=probe_seed, **options)]  # checks options now
         self._options = dict(options)
         self._kwargs = dict(layers=layers, reduce=reduce, probe_size=probe_size,
@@ -181,7 +184,7 @@ class MonitorCallback(*CALLBACK_BASES):
                                    else None)
         self.monitor = Monitor(
             pl_module, probe=data if data is not None else lambda: _first_loader(trainer.train_dataloader),
-            sink=trainer_sink(trainer), families=build_families(seed=self._kwargs["probe_seed"], **self._options),
+            sink=trainer_sink(trainer, self.wandb_max_layers), families=build_families(seed=self._kwargs["probe_seed"], **self._options),
             forward_fn=forward, loss_fn=loss_fn,
             broadcast=lambda decisions: trainer.strategy.broadcast(decisions, src=0),
             total_steps=lambda: _total_steps(trainer),

@@ -102,6 +102,10 @@ class GeometryMonitor(MonitorCallback):
             family always runs, and skips never move later measurements
             (:mod:`geomonitor.monitor.cost`). Under DDP rank 0 decides for all ranks.
             ``None`` measures every occurrence.
+        wandb_max_layers: W&B gets per-layer keys for at most this many measured layers, the
+            mean, min and max over layers past it, with one warning (a W&B project holds
+            under 10,000 keys; :mod:`~geomonitor.callbacks.wandb_layers`); ``None``: no limit.
+            The other loggers and ``callback_metrics`` get every layer.
 
     Example:
         >>> trainer = pl.Trainer(callbacks=[GeometryMonitor(layers=["fc1", "fc2"])])  # doctest: +SKIP
@@ -148,6 +152,7 @@ class GeometryMonitor(MonitorCallback):
         strict: bool = False,
         max_pending: int = 4,
         max_overhead: float | None = 0.05,
+        wandb_max_layers: int | None = 64,
     ) -> None:
         layers = check.layers(layers)
         check.choice("reduce", reduce, check.REDUCTIONS)
@@ -174,4 +179,5 @@ class GeometryMonitor(MonitorCallback):
         super().__init__(options, layers=layers, reduce=reduce, probe_size=probe_size,
                          probe_seed=probe_seed, probe_data=probe_data, forward_fn=forward_fn,
                          loss_fn=loss_fn, prog_bar=check.prog_bar(prog_bar), strict=strict,
-                         max_pending=max_pending, max_overhead=max_overhead)
+                         max_pending=max_pending, max_overhead=max_overhead,
+                         wandb_max_layers=wandb_max_layers)

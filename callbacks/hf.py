@@ -11,9 +11,13 @@ hook                what happens
                     arguments, so it pickles and deep-copies); on a resumed run the monitor
                     state saved next to the checkpoint is loaded, so the series continues
 ``on_step_end``     ``monitor.step(state.global_step, optimizer=...)`` (optimizer steps, from 1)
-``on_epoch_end``    ``monitor.step(..., epoch_end=True, epoch=e)``, ``e`` the 0-based epoch
+``on_epoch_end``    ``monitor.step(..., epoch_end=True, epoch=e)``, ``e`` the 0-based epoch;
+                    when the training stops there (``control.should_training_stop``, or the
+                    last step reached), then ``monitor.close(wait=True)``, so pending
+                    background values reach the integrations before their own
+                    ``on_train_end`` closes them (TensorBoard's writer, MLflow's run)
 ``on_save``         the monitor state, ``geomonitor_state.pt``, in the new checkpoint folder
-``on_train_end``    ``monitor.close(wait=True)``: pending background work is finished
+``on_train_end``    ``monitor.close(wait=True)`` if not closed yet
 ==================  ==========================================================================
 
 Defaults fitted to Hugging Face models:
@@ -31,11 +35,24 @@ Defaults fitted to Hugging Face models:
 
 Where values go (world process zero only; every process measures, so that collective
 operations inside a sharded model's forward stay in lockstep, rank 0 deciding the cost cap):
-``trainer.state.log_history`` as ``{**metrics, "step": s}`` (saved in ``trainer_state.json``),
-and, when ``"wandb"`` is in ``args.report_to`` and a run is active, W&B through
-:class:`TrainerWandbSink` (``geometry/*`` charted against ``geometry/step``, one row per
-delivery that also carries ``train/global_step``; persistence diagrams and the ID profile as
-tables and plots). Other ``report_to`` integrations do not see the values.
+
+* ``trainer.state.log_history`` as ``{**metrics, "step": s}`` (saved in ``trainer_state.json``);
+* every ``report_to`` integration of the Trainer (TensorBoard, MLflow, Comet, ClearML, DVCLive,
+  ...; any callback that is an instance of one of ``transformers``' integration callbacks)
+  through its own ``on_log``, the route the Trainer's ``log`` takes, called with a shallow copy
+  of the ``TrainerState`` whose ``global_step`` is the step the values describe (so a value
+  computed in the background lands on its step) and a throwaway ``TrainerControl`` (nothing
+  the integration sets reaches the training loop). ``log_history`` is not appended to twice
+  and the Trainer's own logging (``logging_steps``, the loss accumulator) is untouched. Each
+  integration names the values as it names the Trainer's: TensorBoard and W&B's callback
+  prefix ``train/`` (``train/geometry/sharpness``), MLflow keeps ``geometry/sharpness``. An
+  integration that fails is warned once and the others still get the values. The
+  integrations are those of the ``CallbackHandler`` that calls ``on_train_begin``;
+* W&B, when ``"wandb"`` is in ``args.report_to`` and a run is active, through
+  :class:`~geomonitor.callbacks.sinks.WandbSink` rather than ``WandbCallback.on_log``
+  (``geometry/*`` charted against ``geometry/step``, one row per delivery that also carries
+  ``train/global_step``; persistence diagrams and the ID profile as charts; statistics over
+  layers past ``wandb_max_layers`` layers).
 
 Example:
     >>> trainer = Trainer(model, args, train_dataset=ds,                     # doctest: +SKIP
@@ -56,15 +73,14 @@ from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from geomonitor.callbacks import _checks as check
-from geomonitor.callbacks.sinks import GEOMETRY_STEP, WandbSink
+from geomonitor.callbacks.hf_sink import LogHistorySink, calling_handler
+from geomonitor.callbacks.wandb_layers import DEFAULT_MAX_LAYERS, check_max_layers
 from geomonitor.monitor.engine import Monitor, MonitorWarning
 from geomonitor.monitor.families import build_families
 from geomonitor.monitor.families.sharpness import as_loss
 
 __all__ = ["GeometryTrainerCallback", "LogHistorySink", "STATE_FILE", "model_loss"]
 
-#: The step metric of the Trainer's own W&B rows (``WandbCallback``).
-HF_STEP_KEY = "train/global_step"
 #: The monitor state's file in each checkpoint folder (``torch.load(weights_only=True)``-safe).
 STATE_FILE = "geomonitor_state.pt"
 
@@ -117,60 +133,14 @@ def _report_to_wandb(args: Any) -> bool:
     return "wandb" in report_to or "all" in report_to
 
 
+
+
 def _close_quietly(monitor: Monitor) -> None:
     try:
         monitor.close(wait=False)
     except Exception:  # noqa: BLE001 - at interpreter exit nothing can be reported
         pass
 
-
-class LogHistorySink:
-    """Values into ``state.log_history`` (``{**metrics, "step": step}``) and, when the Trainer
-    reports to W&B and a run is active, to W&B via :class:`~geomonitor.callbacks.sinks.WandbSink` (the run resolved
-    at each call). Only the world process zero writes.
-
-    Args:
-        state: the Trainer's ``TrainerState``.
-        wandb: whether to send values to W&B (``"wandb"`` in ``args.report_to``).
-    """
-
-    def __init__(self, state: Any, wandb: bool = False) -> None:
-        self.state = state
-        # one committed row per delivery: the Trainer commits a row only every logging_steps, and
-        # uncommitted values of several steps would merge into one row; both step keys, since
-        # the Trainer's define_metric("*", step_metric="train/global_step") matches geometry/*
-        self.wandb = WandbSink(commit=True, step_keys=(GEOMETRY_STEP, HF_STEP_KEY)) if wandb else None
-
-    def _writes(self) -> bool:
-        return bool(getattr(self.state, "is_world_process_zero", True))
-
-    def _wandb(self) -> WandbSink | None:
-        if self.wandb is None or not self._writes() or self.wandb.wandb_run() is None:
-            return None
-        return self.wandb
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        if not metrics or not self._writes():
-            return
-        self.state.log_history.append({**{k: float(v) for k, v in metrics.items()}, "step": int(step)})
-        sink = self._wandb()
-        if sink is not None:
-            sink.log_metrics(metrics, step)
-
-    def log_diagram(self, key: str, diagrams: Any, step: int) -> None:
-        sink = self._wandb()
-        if sink is not None:
-            sink.log_diagram(key, diagrams, step)
-
-    def log_profile(self, key: str, names: Any, values: Any, step: int) -> None:
-        sink = self._wandb()
-        if sink is not None:
-            sink.log_profile(key, names, values, step)
-
-    def log_spectrum(self, key: str, nodes: Any, weights: Any, step: int) -> None:
-        sink = self._wandb()
-        if sink is not None:
-            sink.log_spectrum(key, nodes, weights, step)
 
 
 class GeometryTrainerCallback(TrainerCallback):
@@ -196,6 +166,10 @@ class GeometryTrainerCallback(TrainerCallback):
             :func:`model_loss`, ``model(**batch).loss``).
         forward_fn: ``forward_fn(model, batch)`` for activations (default ``model(**batch)``
             for dict batches).
+        wandb_max_layers: W&B gets per-layer keys for at most this many measured layers,
+            the mean, min and max over layers past it, with one warning (a W&B project holds
+            under 10,000 keys; :mod:`~geomonitor.callbacks.wandb_layers`); ``None``: no limit.
+            The other integrations and ``log_history`` get every layer.
 
     Attributes:
         monitor: the :class:`~geomonitor.monitor.Monitor` of the current (or last) run, or
@@ -243,8 +217,10 @@ class GeometryTrainerCallback(TrainerCallback):
         strict: bool = False,
         max_pending: int = 4,
         max_overhead: float | None = 0.05,
+        wandb_max_layers: int | None = DEFAULT_MAX_LAYERS,
     ) -> None:
         layers = check.layers(layers)
+        self.wandb_max_layers = check_max_layers(wandb_max_layers, "wandb_max_layers")
         check.choice("reduce", reduce, check.REDUCTIONS)
         probe_data = check.common(probe_size, probe_seed, probe_data, strict, max_pending)
         check.max_overhead(max_overhead)
@@ -272,6 +248,7 @@ class GeometryTrainerCallback(TrainerCallback):
                             max_overhead=max_overhead)
         self.probe_data, self.loss_fn, self.forward_fn = probe_data, loss_fn, forward_fn
         self.monitor: Monitor | None = None
+        self._ended = False
         self._pending_state: dict[str, Any] | None = None
         self._finalizer: weakref.finalize | None = None
 
@@ -299,19 +276,24 @@ class GeometryTrainerCallback(TrainerCallback):
         if model is None:
             raise ValueError("GeometryTrainerCallback.on_train_begin needs the model "
                              "(the Trainer passes it as model=...)")
-        self._build(args, state, model, train_dataloader)
+        self._build(args, state, model, train_dataloader, calling_handler(self))
 
     def on_step_end(self, args: Any, state: Any, control: Any, optimizer: Any = None,
                     **kwargs: Any) -> None:
-        if self.monitor is not None:
+        if self.monitor is not None and not self._ended:
             self._step(state.global_step, optimizer=optimizer)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, optimizer: Any = None,
                      **kwargs: Any) -> None:
-        if self.monitor is not None:
+        if self.monitor is not None and not self._ended:
             # state.epoch is e + 1 after a full epoch e (0-based), e + fraction after a partial one
             epoch = max(0, math.ceil(round(float(state.epoch or 0.0), 6)) - 1)
             self._step(state.global_step, optimizer=optimizer, epoch_end=True, epoch=epoch)
+            stops = bool(getattr(control, "should_training_stop", False))
+            if stops or 0 < (state.max_steps or 0) <= state.global_step:
+                # the last hook before the integrations' on_train_end: deliver what is pending
+                self._ended = True
+                self.monitor.close(wait=True)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self.monitor is None or not state.is_world_process_zero:
@@ -351,7 +333,8 @@ class GeometryTrainerCallback(TrainerCallback):
         return out
 
     # -- implementation ---------------------------------------------------------------------
-    def _build(self, args: Any, state: Any, model: Any, train_dataloader: Any) -> None:
+    def _build(self, args: Any, state: Any, model: Any, train_dataloader: Any,
+               handler: Any = None) -> None:
         if self.monitor is not None:
             _close_quietly(self.monitor)
             if self._finalizer is not None:
@@ -359,7 +342,10 @@ class GeometryTrainerCallback(TrainerCallback):
         seed = self._kwargs["probe_seed"]
         data = self.probe_data
         probe = data if data is not None else (lambda: _probe_loader(train_dataloader, seed))
-        self.monitor = Monitor(model, probe=probe, sink=LogHistorySink(state, _report_to_wandb(args)),
+        sink = LogHistorySink(state, _report_to_wandb(args), handler=handler, args=args,
+                              wandb_max_layers=self.wandb_max_layers)
+        self._ended = False
+        self.monitor = Monitor(model, probe=probe, sink=sink,
                                families=build_families(seed=seed, **self._options),
                                forward_fn=self.forward_fn, loss_fn=self.loss_fn or model_loss,
                                total_steps=lambda: state.max_steps, **self._kwargs)

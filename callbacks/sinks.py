@@ -9,8 +9,14 @@ When a :class:`~pytorch_lightning.loggers.WandbLogger` is present it does more:
 
 * ``define_metric("geometry/*", step_metric="trainer/global_step")`` (and ``alerts/*``) once,
   so a value computed later (off the training thread) lands on the step it describes;
-* persistence diagrams as a ``wandb.Table`` with a scatter plot, and per-layer profiles
-  (intrinsic dimension across layers) as a line plot per measurement;
+* each persistence diagram as one scatter chart (death against birth) logged under its key,
+  whose table (dim, birth, death) W&B stores as ``<key>_table``;
+* the ID profile (intrinsic dimension against depth) as one line-series chart under its key,
+  one line per measured step (at most :data:`PROFILE_LINES`, spread over the run), from one
+  table ``<key>_table`` (columns depth, layer, step, series, value);
+* past ``max_layers`` measured layers, statistics over layers instead of per-layer keys
+  (:class:`~geomonitor.callbacks.wandb_layers.LayerBudget`: a W&B project holds under 10,000
+  keys); the other loggers still get every layer;
 * Hessian spectral densities as a ``wandb.Histogram`` of the quadrature mass and a
   ``wandb.Table`` of nodes and weights;
 * ``wandb.alert`` for alerts.
@@ -34,15 +40,19 @@ from typing import Any
 import numpy as np
 import torch
 
+from geomonitor.callbacks.wandb_layers import DEFAULT_MAX_LAYERS, LayerBudget
+
 log = logging.getLogger("geomonitor")
 
-__all__ = ["TrainerSink", "WandbSink", "trainer_sink", "STEP_KEY", "GEOMETRY_STEP"]
+__all__ = ["TrainerSink", "WandbSink", "trainer_sink", "STEP_KEY", "GEOMETRY_STEP", "PROFILE_LINES"]
 
 #: The step metric WandbLogger logs with every row; geometry metrics are charted against it.
 STEP_KEY = "trainer/global_step"
 #: The step metric of :class:`WandbSink` (plain loops): the step a value describes.
 GEOMETRY_STEP = "geometry/step"
 _ALERT_LEVELS = ("INFO", "WARN", "ERROR")
+#: The most steps (lines) one ID-profile chart shows: the first, the last and evenly spaced ones.
+PROFILE_LINES = 8
 
 
 class TrainerSink:
@@ -50,14 +60,18 @@ class TrainerSink:
 
     Args:
         trainer: the running ``pytorch_lightning.Trainer``.
+        max_layers: W&B gets per-layer keys for at most this many layers, statistics over
+            layers past it (:mod:`~geomonitor.callbacks.wandb_layers`); ``None``: no limit.
 
     Example:
         >>> sink = TrainerSink(trainer)                      # doctest: +SKIP
         >>> sink.log_metrics({"geometry/sharpness": 12.5}, step=trainer.global_step)
     """
 
-    def __init__(self, trainer: Any) -> None:
+    def __init__(self, trainer: Any, max_layers: int | None = DEFAULT_MAX_LAYERS) -> None:
         self.trainer = trainer
+        self.budget = LayerBudget(max_layers)
+        self.profiles = _Profiles()
         self._defined = False
         self._failed: set[str] = set()
 
@@ -95,9 +109,17 @@ class TrainerSink:
             self._define_metrics()
         except Exception as exc:  # noqa: BLE001 - W&B set-up failing leaves the other loggers
             self._warn("wandb", exc)
+        from geomonitor.callbacks._lightning import WANDB_LOGGERS
+
+        wandb_metrics = None
         for logger in self.trainer.loggers:
             try:
-                logger.log_metrics(clean, step=step)
+                if isinstance(logger, WANDB_LOGGERS):
+                    if wandb_metrics is None:
+                        wandb_metrics = self.budget.metrics(clean)
+                    logger.log_metrics(wandb_metrics, step=step)
+                else:
+                    logger.log_metrics(clean, step=step)
             except Exception as exc:  # noqa: BLE001 - one logger never takes the others down
                 self._warn(type(logger).__name__, exc)
 
@@ -109,23 +131,24 @@ class TrainerSink:
 
     # -- W&B media --------------------------------------------------------------------------
     def log_diagram(self, key: str, diagrams: Sequence[np.ndarray], step: int) -> None:
-        """A persistence diagram as a ``wandb.Table`` (dim, birth, death) and a scatter plot.
+        """A persistence diagram as one scatter chart of a ``wandb.Table`` (dim, birth, death).
 
-        Infinite deaths are left out of the table (W&B cannot plot them). No-op without W&B.
+        Infinite deaths are left out of the table (W&B cannot plot them). No-op without W&B,
+        and for a layer past ``max_layers``.
         """
         run = self.wandb_run()
-        if run is None:
+        if run is None or not self.budget.keeps_diagram(key):
             return
         self._define_metrics()
         run.log({**_diagram_media(key, diagrams, step), STEP_KEY: step})
 
     def log_profile(self, key: str, names: Sequence[str], values: Sequence[float], step: int) -> None:
-        """A per-layer profile (e.g. intrinsic dimension across layers) as a W&B line plot."""
+        """A per-layer profile (intrinsic dimension against depth) as one W&B line-series chart."""
         run = self.wandb_run()
         if run is None or not names:
             return
         self._define_metrics()
-        run.log({**_profile_media(key, names, values, step), STEP_KEY: step})
+        run.log({**self.profiles.media(key, names, values, step), STEP_KEY: step})
 
     def log_spectrum(self, key: str, nodes: Sequence[float], weights: Sequence[float], step: int) -> None:
         """A spectral density (quadrature nodes and weights) as a W&B histogram and table."""
@@ -151,34 +174,65 @@ class TrainerSink:
 _SINKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def trainer_sink(trainer: Any) -> TrainerSink:
+_UNSET: Any = object()
+
+
+def trainer_sink(trainer: Any, max_layers: int | None = _UNSET) -> TrainerSink:
     """The one :class:`TrainerSink` of ``trainer``, shared by every callback of the fit: one
-    ``define_metric``, and one warning per failing logger for the whole fit."""
+    ``define_metric``, and one warning per failing logger for the whole fit. ``max_layers``,
+    when given, sets the W&B layer budget while it has counted no layer yet (the monitor's
+    setting wins over a callback that made the sink first without one)."""
     sink = _SINKS.get(trainer)
     if sink is None:
-        sink = _SINKS[trainer] = TrainerSink(trainer)
+        sink = _SINKS[trainer] = TrainerSink(
+            trainer, DEFAULT_MAX_LAYERS if max_layers is _UNSET else max_layers)
+    elif max_layers is not _UNSET and not sink.budget.layers and not sink.budget.aggregated:
+        sink.budget = LayerBudget(max_layers)
     return sink
 
 
 def _diagram_media(key: str, diagrams: Sequence[np.ndarray], step: int) -> dict[str, Any]:
-    """A diagram as a ``wandb.Table`` (dim, birth, death; infinite deaths left out) and a scatter plot."""
+    """A diagram as one scatter chart (death against birth) of a ``wandb.Table`` (dim, birth,
+    death; infinite deaths left out), logged under ``key`` (W&B stores the table as ``<key>_table``)."""
     import wandb
 
     rows = [[dim, float(b), float(d)] for dim, dgm in enumerate(diagrams)
             for b, d in np.asarray(dgm, dtype=float).reshape(-1, 2) if np.isfinite(d)]
     table = wandb.Table(columns=["dim", "birth", "death"], data=rows)
-    plot = wandb.plot.scatter(table, "birth", "death", title=f"{key} (step {step})")
-    return {f"{key}/table": table, f"{key}/plot": plot}
+    return {key: wandb.plot.scatter(table, "birth", "death", title=f"{key} (step {step})")}
 
 
-def _profile_media(key: str, names: Sequence[str], values: Sequence[float], step: int) -> dict[str, Any]:
-    """A per-layer profile as a ``wandb.Table`` (depth, layer, value) and a line plot."""
-    import wandb
+def _spread(n: int, k: int) -> list[int]:
+    """``min(n, k)`` indices of ``range(n)`` spread evenly, the first and the last included."""
+    if n <= k:
+        return list(range(n))
+    return sorted({round(i * (n - 1) / (k - 1)) for i in range(k)})
 
-    data = [[i, str(n), float(v)] for i, (n, v) in enumerate(zip(names, values))]
-    table = wandb.Table(columns=["depth", "layer", "value"], data=data)
-    plot = wandb.plot.line(table, "depth", "value", title=f"{key} (step {step})")
-    return {f"{key}/table": table, f"{key}/plot": plot}
+
+class _Profiles:
+    """The profiles of a run so far, per key: each delivery re-logs one line-series chart of
+    the steps measured so far (at most :data:`PROFILE_LINES`: the first, the last and evenly
+    spaced ones), so one panel shows how the profile across depth moved. Held by the sink, not
+    the monitor's ``state_dict``: a resumed run's chart starts from its first profile after the
+    resume (the earlier tables stay in the run)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, dict[int, tuple[list[str], list[float]]]] = {}
+
+    def media(self, key: str, names: Sequence[str], values: Sequence[float], step: int) -> dict[str, Any]:
+        import wandb
+
+        runs = self.seen.setdefault(key, {})
+        runs[int(step)] = ([str(n) for n in names], [float(v) for v in values])
+        steps = sorted(runs)
+        shown = [steps[i] for i in _spread(len(steps), PROFILE_LINES)]
+        data = [[depth, layer, s, f"step {s}", value] for s in shown
+                for depth, (layer, value) in enumerate(zip(*runs[s]))]
+        table = wandb.Table(columns=["depth", "layer", "step", "series", "value"], data=data)
+        chart = wandb.plot_table(
+            "wandb/lineseries/v0", table, {"step": "depth", "lineKey": "series", "lineVal": "value"},
+            {"title": f"{key} against depth (steps {shown[0]}..{shown[-1]})", "xname": "depth"})
+        return {key: chart}
 
 
 #: Bins of the spectrum histogram.
@@ -224,12 +278,20 @@ class WandbSink:
             uncommitted values of several steps would merge into one row).
         step_keys: the keys that carry the described step in each row (the first is the step
             metric ``geometry/*`` is charted against).
+        max_layers: per-layer keys for at most this many layers, statistics over layers past
+            it (:mod:`~geomonitor.callbacks.wandb_layers`); ``None``: no limit.
+
+    Raises:
+        ValueError: empty ``step_keys``, or ``max_layers`` not ``None`` or an int >= 1.
     """
 
     def __init__(self, run: Any = None, *, commit: bool = False,
-                 step_keys: Sequence[str] = (GEOMETRY_STEP,)) -> None:
+                 step_keys: Sequence[str] = (GEOMETRY_STEP,),
+                 max_layers: int | None = DEFAULT_MAX_LAYERS) -> None:
         if not step_keys or not all(isinstance(k, str) and k for k in step_keys):
             raise ValueError(f"step_keys must be a non-empty sequence of keys, got {step_keys!r}")
+        self.budget = LayerBudget(max_layers)
+        self.profiles = _Profiles()
         self._run = run
         self.commit = bool(commit)
         self.step_keys = tuple(step_keys)
@@ -286,15 +348,16 @@ class WandbSink:
                     step=run.step + 1, commit=False)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        if metrics:
-            self._log({k: float(v) for k, v in metrics.items()}, step)
+        if metrics and self.wandb_run() is not None:
+            self._log(self.budget.metrics({k: float(v) for k, v in metrics.items()}), step)
 
     def log_diagram(self, key: str, diagrams: Sequence[np.ndarray], step: int) -> None:
-        self._log(_diagram_media(key, diagrams, step), step)
+        if self.wandb_run() is not None and self.budget.keeps_diagram(key):
+            self._log(_diagram_media(key, diagrams, step), step)
 
     def log_profile(self, key: str, names: Sequence[str], values: Sequence[float], step: int) -> None:
-        if names:
-            self._log(_profile_media(key, names, values, step), step)
+        if names and self.wandb_run() is not None:
+            self._log(self.profiles.media(key, names, values, step), step)
 
     def log_spectrum(self, key: str, nodes: Sequence[float], weights: Sequence[float], step: int) -> None:
         if len(nodes):

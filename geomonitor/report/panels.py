@@ -162,13 +162,19 @@ def intrinsic_dimension(series: Series, tables: Tables) -> Panel | None:
     profile = [(s, t) for s, t in tables.get(f"{PREFIX}/id_profile", [])
                if {"layer", "value"} <= set(t.columns)]
     if profile:
-        shots = dict(profile)
-        for s in _snapshots(sorted(shots)):
-            t = shots[s]
+        # a table per measured step, or (the W&B line-series chart) one table whose ``step``
+        # column holds the steps so far: rows regrouped by the step they describe
+        shots: dict[int, list[tuple[str, float]]] = {}
+        for s, t in profile:
             col = {c: i for i, c in enumerate(t.columns)}
-            names = [r[col["layer"]] for r in t.data]
-            axes[1].plot(range(len(names)), [r[col["value"]] for r in t.data], "o-", ms=3,
-                         label=f"step {s}")
+            rows: dict[int, list[tuple[str, float]]] = {}
+            for r in t.data:
+                rows.setdefault(int(r[col["step"]]) if "step" in col else s, []).append(
+                    (r[col["layer"]], r[col["value"]]))
+            shots.update(rows)
+        for s in _snapshots(sorted(shots)):
+            names = [n for n, _ in shots[s]]
+            axes[1].plot(range(len(names)), [v for _, v in shots[s]], "o-", ms=3, label=f"step {s}")
         axes[1].set_xticks(range(len(names)), names, rotation=30, fontsize=7, ha="right")
     else:  # the profile from the per-layer values, layers in the order they were logged
         by_step: dict[int, dict[str, float]] = {}

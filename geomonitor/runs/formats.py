@@ -3,9 +3,9 @@
 * W&B (:func:`read_wandb`): the history of ``run-*.wandb``. A ``geometry/*`` or ``alerts/*``
   value takes its step from the row's ``geometry/step`` (else ``trainer/global_step`` /
   ``train/global_step``, else W&B's ``_step``), any other value from the row's
-  ``trainer/global_step`` / ``train/global_step`` (else ``_step``). Tables logged as
-  ``<key>/table`` or ``<key>/plot_table`` are read from ``files/`` and given as ``<key>``
-  (once per step).
+  ``trainer/global_step`` / ``train/global_step`` (else ``_step``). Tables are read from
+  ``files/`` and given as ``<key>`` (once per step): a chart's table, which W&B stores as
+  ``<key>_table``, or (runs of earlier versions) ``<key>/table`` and ``<key>/plot_table``.
 * Lightning ``CSVLogger`` (:func:`read_csv`): ``metrics.csv``, the ``step`` column.
 * TensorBoard (:func:`read_tensorboard`): scalars of every event file below the directory
   (``tensorboard``'s ``EventAccumulator``; needs the ``tensorboard`` package).
@@ -52,7 +52,7 @@ def _number(v: Any) -> float | None:
 
 _GEOMETRY_STEPS = ("geometry/step", "trainer/global_step", "train/global_step")
 _LOOP_STEPS = ("trainer/global_step", "train/global_step")
-_TABLE_SUFFIXES = ("/table", "/plot_table")
+_TABLE_SUFFIXES = ("_table", "/table", "/plot_table")
 
 
 def _pick(row: dict[str, Any], names: tuple[str, ...]) -> int:

@@ -128,9 +128,10 @@ def test_fit_logs_every_family_to_wandb_csv_and_callback_metrics(tmp_path, wandb
     assert sorted(r[STEP_KEY] for r in rows if "geometry/ph/fc2/h1_n_bars" in r) == [4, 6]
     (last,) = [r for r in rows if r.get(STEP_KEY) == 6 and "geometry/sharpness" in r]
     assert last["geometry/sharpness"] == pytest.approx(lam, rel=1e-4)
-    profiles = [r for r in rows if "geometry/id_profile/table/nrows" in r]
-    assert [r["geometry/id_profile/table/nrows"] for r in profiles] == [2, 2]
-    assert any("geometry/ph/fc1/diagram/table/nrows" in r for r in rows)
+    profiles = [r for r in rows if "geometry/id_profile_table/nrows" in r]
+    assert [r["geometry/id_profile_table/nrows"] for r in profiles] == [2, 4]  # 2 layers x 1, 2 steps
+    assert any("geometry/ph/fc1/diagram_table/nrows" in r for r in rows)
+    assert not any(k.endswith(("/table/nrows", "/plot_table/nrows")) for r in rows for k in r)
     assert {"name": "", "glob_name": "geometry/*", "step_metric": STEP_KEY} in \
         wandb_offline.metric_definitions(run_file)
 

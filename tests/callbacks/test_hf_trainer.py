@@ -138,10 +138,10 @@ def test_trainer_run_logs_every_family_to_log_history_and_wandb(tmp_path, wandb_
     assert {"name": "", "glob_name": "geometry/*", "step_metric": "geometry/step"} in definitions
     for layer in LAYERS:  # persistence diagrams as tables, at every epoch end
         assert {row["geometry/step"] for row in history
-                if f"geometry/ph/{layer}/diagram/table/nrows" in row} == {5, 10, 12}
-    profiles = [row for row in history if "geometry/id_profile/table/nrows" in row]
-    assert [(row["geometry/step"], row["geometry/id_profile/table/nrows"]) for row in profiles] == [
-        (4, 2), (8, 2), (12, 2)]  # the ID profile across the two blocks
+                if f"geometry/ph/{layer}/diagram_table/nrows" in row} == {5, 10, 12}
+    profiles = [row for row in history if "geometry/id_profile_table/nrows" in row]
+    assert [(row["geometry/step"], row["geometry/id_profile_table/nrows"]) for row in profiles] == [
+        (4, 2), (8, 4), (12, 6)]  # one chart: the two blocks at each step measured so far
 
 
 # -- the training run itself ---------------------------------------------------------------------

@@ -232,14 +232,18 @@ def test_lightning_trainer_with_its_wandb_logger_gets_the_wandb_extras(tmp_path,
     assert "geometry/neural_persistence" not in {k for r in rows for k in r}  # no leaf-and-prefix
 
     # the ID profile: one row per layer, the values logged as geometry/id/<layer> at that step
-    profiles = {r[STEP_KEY]: r for r in rows if "geometry/id_profile/table/path" in r}
+    # (one line-series chart: each row re-logs the steps measured so far, one line per step)
+    profiles = {r[STEP_KEY]: r for r in rows if "geometry/id_profile_table/path" in r}
     assert sorted(profiles) == [4, 8]
     for step, row in profiles.items():
-        table = _table(run_file, row["geometry/id_profile/table/path"])
-        assert table["columns"] == ["depth", "layer", "value"]
-        (ids,) = [r for r in rows if r.get(STEP_KEY) == step and "geometry/id/fc1" in r]
-        assert table["data"] == [[0, "fc1", pytest.approx(ids["geometry/id/fc1"])],
-                                 [1, "fc2", pytest.approx(ids["geometry/id/fc2"])]]
+        table = _table(run_file, row["geometry/id_profile_table/path"])
+        assert table["columns"] == ["depth", "layer", "step", "series", "value"]
+        expected = []
+        for s in [t for t in (4, 8) if t <= step]:
+            (ids,) = [r for r in rows if r.get(STEP_KEY) == s and "geometry/id/fc1" in r]
+            expected += [[0, "fc1", s, f"step {s}", pytest.approx(ids["geometry/id/fc1"])],
+                         [1, "fc2", s, f"step {s}", pytest.approx(ids["geometry/id/fc2"])]]
+        assert table["data"] == expected
 
     # the last measurement against independent references on the final weights
     x = _digits()[0][mon.probe.indices]
@@ -251,8 +255,8 @@ def test_lightning_trainer_with_its_wandb_logger_gets_the_wandb_extras(tmp_path,
     ref_id = skdim.id.TwoNN().fit(acts["fc1"].double().numpy()).dimension_
     assert float(trainer.callback_metrics["geometry/id/fc1"]) == pytest.approx(ref_id, rel=0.1)
     for layer, h in acts.items():
-        (row,) = [r for r in rows if r.get(STEP_KEY) == 8 and f"geometry/ph/{layer}/diagram/table/path" in r]
-        table = _table(run_file, row[f"geometry/ph/{layer}/diagram/table/path"])
+        (row,) = [r for r in rows if r.get(STEP_KEY) == 8 and f"geometry/ph/{layer}/diagram_table/path" in r]
+        table = _table(run_file, row[f"geometry/ph/{layer}/diagram_table/path"])
         assert table["columns"] == ["dim", "birth", "death"]
         got = np.array(table["data"], dtype=float)
         pts = h.double().numpy()

@@ -61,10 +61,10 @@ def test_sink_reaches_wandb_csv_and_callback_metrics(tmp_path, wandb_dir):
     run_file = wandb_offline.find_run_file(str(wandb_dir))
     rows = [r for r in wandb_offline.history(run_file) if "geometry/test_value" in r]
     assert [(r[STEP_KEY], r["geometry/test_value"]) for r in rows] == [(s, 0.5 * s) for s in range(1, 5)]
-    tables = [r for r in wandb_offline.history(run_file) if "geometry/ph/lin/table/nrows" in r]
-    assert len(tables) == 1 and tables[0]["geometry/ph/lin/table/nrows"] == 2  # inf bar left out
+    tables = [r for r in wandb_offline.history(run_file) if "geometry/ph/lin_table/nrows" in r]
+    assert len(tables) == 1 and tables[0]["geometry/ph/lin_table/nrows"] == 2  # inf bar left out
     assert tables[0][STEP_KEY] == 2
-    assert any("geometry/id_profile/table/nrows" in r for r in wandb_offline.history(run_file))
+    assert any("geometry/id_profile_table/nrows" in r for r in wandb_offline.history(run_file))
     defs = wandb_offline.metric_definitions(run_file)
     assert {"name": "", "glob_name": "geometry/*", "step_metric": STEP_KEY} in defs
     assert wandb_offline.alerts(run_file) == [

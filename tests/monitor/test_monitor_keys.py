@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from geomonitor.monitor.keys import FAMILIES, metric_key
+from geomonitor.monitor.keys import FAMILIES, LAYER_STATS, LAYERED, layers_key, metric_key, split_key
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -89,3 +89,73 @@ def test_no_key_is_both_a_leaf_and_a_prefix():
     parents = {k.rsplit("/", i)[0] for k in keys for i in range(1, k.count("/"))}
     assert len(leaves) == len(keys)
     assert not leaves & parents, sorted(leaves & parents)
+
+
+# -- statistics over layers and reading keys back --------------------------------------------------
+@pytest.mark.parametrize("args, expected", [
+    (("id", "mean"), "geometry/id/mean_over_layers"),
+    (("id", "min"), "geometry/id/min_over_layers"),
+    (("ph", "max", "h1_entropy"), "geometry/ph/max_over_layers/h1_entropy"),
+    (("neural_persistence", "min"), "geometry/neural_persistence/min_over_layers"),
+    (("symmetry", "mean", "imbalance"), "geometry/symmetry/mean_over_layers/imbalance"),
+    (("neural_collapse", "max", "nc1"), "geometry/neural_collapse/max_over_layers/nc1"),
+])
+def test_layers_key(args, expected):
+    assert layers_key(*args) == expected
+
+
+def test_layered_families_and_stats():
+    assert LAYERED == ("id", "ph", "neural_persistence", "symmetry", "neural_collapse")
+    assert LAYER_STATS == ("mean", "min", "max")
+
+
+@pytest.mark.parametrize("args, match", [
+    (("sharpness", "mean"), r"family must be one of \('id', .*'neural_collapse'\) \(per-layer families\), got 'sharpness'"),
+    (("equivariance", "mean", "output"), r"got 'equivariance'"),
+    (("id", "median"), r"stat must be one of \('mean', 'min', 'max'\), got 'median'"),
+    (("id", "mean", "x"), r"family 'id': per-layer keys have no summary, got summary='x'"),
+    (("ph", "mean"), r"family 'ph': per-layer keys have summary, got summary=None"),
+    (("neural_persistence", "max", "mean"), r"per-layer keys have no summary"),
+])
+def test_layers_key_bad_parts(args, match):
+    with pytest.raises(ValueError, match=match):
+        layers_key(*args)
+
+
+@pytest.mark.parametrize("layer", ["mean_over_layers", "min_over_layers", "max_over_layers"])
+def test_reserved_layer_names(layer):
+    with pytest.raises(ValueError, match=rf"layer '{layer}' is reserved for statistics over layers"):
+        metric_key("ph", layer, "h1_entropy")
+    # not a module name there: equivariance's layer part is a transform name
+    assert metric_key("equivariance", layer, "output") == f"geometry/equivariance/{layer}/output"
+
+
+@pytest.mark.parametrize("key, parts", [
+    ("geometry/sharpness", ("sharpness", None, None)),
+    ("geometry/id/encoder.0", ("id", "encoder.0", None)),
+    ("geometry/id_profile", ("id_profile", None, None)),
+    ("geometry/ph/blocks.3.mlp/h0_total_persistence", ("ph", "blocks.3.mlp", "h0_total_persistence")),
+    ("geometry/neural_persistence/mean", ("neural_persistence", None, "mean")),
+    ("geometry/neural_persistence/fc1", ("neural_persistence", "fc1", None)),
+    ("geometry/connectivity/barrier", ("connectivity", None, "barrier")),
+    ("geometry/equivariance/rot90/output", ("equivariance", "rot90", "output")),
+    ("geometry/skipped/topology", ("skipped", "topology", None)),
+    ("geometry/ph/min_over_layers/h1_entropy", ("ph", "min_over_layers", "h1_entropy")),
+])
+def test_split_key(key, parts):
+    assert split_key(key) == parts
+
+
+@pytest.mark.parametrize("key, match", [
+    ("loss", r"not a geometry metric key: 'loss'"),
+    ("geometry/hessian", r"not a geometry metric key: 'geometry/hessian'"),
+    ("train/geometry/sharpness", r"not a geometry metric key"),
+    ("geometry/id", r"family 'id' keys have 3 parts"),
+    ("geometry/ph/fc1", r"family 'ph' keys have 4 parts"),
+    ("geometry/sharpness/x", r"family 'sharpness' keys have 2 parts"),
+    ("geometry/id//", r"not a geometry metric key"),
+    (3, r"not a geometry metric key: 3"),
+])
+def test_split_key_rejects(key, match):
+    with pytest.raises(ValueError, match=match):
+        split_key(key)
