@@ -8,6 +8,8 @@
 * :class:`ConnectivityFamily` (:mod:`.connectivity`) -- ``geometry/connectivity/...`` (opt-in)
 * :class:`EquivarianceFamily` (:mod:`.equivariance`) -- ``geometry/equivariance/...`` (needs
   the user's group actions)
+* :class:`AttentionFamily` (:mod:`.attention`) -- ``geometry/attention/...``,
+  ``geometry/output_logits/...`` (opt-in; transformers)
 
 :func:`build_families` turns ``GeometryMonitor``-style options into family objects; the
 Lightning, Hugging Face and plain-loop entry points all go through it, so a default is
@@ -18,6 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from geomonitor.monitor.family import Family
+from geomonitor.monitor.families.attention import AttentionFamily
 from geomonitor.monitor.families.connectivity import ConnectivityFamily
 from geomonitor.monitor.families.equivariance import EquivarianceFamily
 from geomonitor.monitor.families.intrinsic import IntrinsicDimensionFamily
@@ -27,7 +30,7 @@ from geomonitor.monitor.families.symmetry import SymmetryFamily
 from geomonitor.monitor.families.topology import TopologyFamily
 from geomonitor.monitor.schedule import Every
 
-__all__ = ["DEFAULTS", "ConnectivityFamily", "EquivarianceFamily", "IntrinsicDimensionFamily", "NeuralPersistenceFamily", "SharpnessFamily", "SymmetryFamily",
+__all__ = ["DEFAULTS", "AttentionFamily", "ConnectivityFamily", "EquivarianceFamily", "IntrinsicDimensionFamily", "NeuralPersistenceFamily", "SharpnessFamily", "SymmetryFamily",
            "TopologyFamily", "build_families"]
 
 #: Every option of :func:`build_families` and its default (schedules: ``None`` = off).
@@ -44,6 +47,8 @@ DEFAULTS: dict[str, Any] = {
     "connectivity_every_n_steps": None, "connectivity_every_n_epochs": None,
     "equivariance_every_n_steps": None, "equivariance_every_n_epochs": None,
     "equivariance_transforms": None,
+    "attention_every_n_steps": None, "attention_every_n_epochs": None,
+    "attention_output_logits": True,
 }
 
 
@@ -97,6 +102,9 @@ def build_families(*, seed: int = 0, **options: Any) -> list[Family]:
         if not o["equivariance_transforms"]:
             raise ValueError("equivariance needs equivariance_transforms={name: (t_in, t_out)}")
         families.append(EquivarianceFamily(every, o["equivariance_transforms"]))
+    every = _every(o, "attention")
+    if every is not None:
+        families.append(AttentionFamily(every, output_logits=o["attention_output_logits"]))
     if not families:
         raise ValueError("no family is on: every *_every_n_steps and *_every_n_epochs is None")
     return families
