@@ -2,27 +2,27 @@
 
 Same shape as the rules of :mod:`geomonitor.monitor.alerts` (``rule.update(step, value) ->
 Alert | None``, cooldown in steps, ``state_dict``/``load_state_dict`` in plain types). The max
-attention logit is tested on its growth *rate* (in a diverging small transformer it grows by
-orders of magnitude within a few dozen steps -- Wortsman et al. 2023, Fig. 1; in a stable one
-it rises from near 0 at initialisation to O(10) over the run). The two other rules compare a
-reading with its **early reference**: the mean of the first ``baseline`` finite readings of
-that layer (Zhai et al. 2023, Fig. 1: the entropy of the spiking run falls to a fraction of
-its early value).
+attention logit and the output-logit norm are tested on their growth *rate* (in a diverging
+small transformer they grow by orders of magnitude within a few dozen steps -- Wortsman et al.
+2023, Figs. 1 and 4; in a stable one they also rise, from near 0 at initialisation, but slowly,
+so a comparison with the early value would fire in every healthy run). The entropy rule
+compares a reading with its **early reference**: the mean of the first ``baseline`` finite
+readings of that layer (Zhai et al. 2023, Fig. 1: the entropy of the spiking run falls to a
+fraction of its early value).
 
 * :class:`AttentionLogitGrowth` -- ``geometry/attention/<l>/max_logit`` ``factor`` x its value
   ``lag`` readings earlier, or above the absolute ``limit`` (either fires);
 * :class:`AttentionEntropyCollapse` -- ``geometry/attention/<l>/entropy`` (or ``entropy_min``)
   below ``fraction`` x its early reference, or below the absolute ``floor``;
 * :class:`OutputLogitDivergence` -- ``geometry/output_logits/mean_abs`` (or another output
-  summary) above ``factor`` x its early reference, or above ``limit``.
+  summary) ``factor`` x its value ``lag`` readings earlier, or above ``limit``.
 
 Readings: ``update(step, {layer: value})`` (the output rule takes a float or ``{"output": v}``);
 ``select(metrics)`` picks them out of a monitor's metrics dict. NaN readings are ignored (a head
 with no allowed key); ``+inf`` counts as above every limit. During the first ``baseline``
-readings of a layer only the absolute limit applies. Relative tests need a positive
-reference. The alert names
-every layer past its limit and reports the one furthest past it. Memory: ``baseline``
-(``lag``) floats per layer. Cost: O(layers) per update.
+(``lag``) readings of a layer only the absolute limit applies. Relative tests need a positive
+reference. The alert names every layer past its limit and reports the one furthest past it.
+Memory: ``baseline`` (``lag``) floats per layer. Cost: O(layers) per update.
 
 Example:
     >>> rule = AttentionLogitGrowth(factor=3.0, lag=2, cooldown=0)
@@ -42,6 +42,13 @@ from geomonitor.monitor.alerts import Rule, _float_arg, _int_arg
 from geomonitor.monitor.keys import PREFIX
 
 __all__ = ["AttentionLogitGrowth", "AttentionEntropyCollapse", "OutputLogitDivergence"]
+
+
+def _select(metrics: Mapping[str, Any], family: str, summary: str) -> dict[str, float]:
+    """``{layer: value}`` of the ``geometry/<family>/<layer>/<summary>`` entries of ``metrics``."""
+    head, tail = f"{PREFIX}/{family}/", f"/{summary}"
+    return {k[len(head):-len(tail)]: float(v) for k, v in metrics.items()
+            if k.startswith(head) and k.endswith(tail) and len(k) > len(head) + len(tail)}
 
 
 class _EarlyReference(Rule):
@@ -102,14 +109,60 @@ class _EarlyReference(Rule):
     def _load_extra(self, state: Mapping[str, Any]) -> None:
         self.early = {str(k): [float(x) for x in v] for k, v in state["early"].items()}
 
-    @staticmethod
-    def _select(metrics: Mapping[str, Any], family: str, summary: str) -> dict[str, float]:
-        head, tail = f"{PREFIX}/{family}/", f"/{summary}"
-        return {k[len(head):-len(tail)]: float(v) for k, v in metrics.items()
-                if k.startswith(head) and k.endswith(tail) and len(k) > len(head) + len(tail)}
+
+class _GrowthRate(Rule):
+    """A per-layer reading ``factor`` x its value ``lag`` readings earlier (and above
+    ``min_value``), or above ``limit``."""
+
+    WHAT = "value"
+    ACTION = ""
+
+    def __init__(self, factor: float, lag: int, min_value: float, limit: float | None,
+                 cooldown: int, name: str | None) -> None:
+        super().__init__(cooldown, name)
+        self.factor = _float_arg("factor", factor, 1.0)
+        self.lag = _int_arg("lag", lag, 1)
+        self.min_value = _float_arg("min_value", min_value, 0.0, inclusive=True)
+        self.limit = None if limit is None else _float_arg("limit", limit, 0.0)
+        self.history: dict[str, deque[float]] = {}
+
+    def _readings(self, value: Any) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"value must be a mapping layer -> {self.WHAT} for {self.name!r}, "
+                             f"got {type(value).__name__}")
+        return value
+
+    def _check(self, step: int, value: Any) -> tuple[float, float, str, str] | None:
+        crossed = []
+        for layer, v in self._readings(value).items():
+            v = float(v)
+            if math.isnan(v):
+                continue
+            hist = self.history.setdefault(str(layer), deque(maxlen=self.lag))
+            limits = [] if self.limit is None else [self.limit]
+            if len(hist) == self.lag and hist[0] > 0 and v > self.min_value:
+                limits.append(self.factor * hist[0])
+            if limits and v > min(limits):
+                crossed.append((v / min(limits), str(layer), v, min(limits)))
+            hist.append(v)
+        if not crossed:
+            return None
+        crossed.sort(key=lambda c: (-c[0], c[1]))
+        _, layer, v, limit = crossed[0]
+        shown = ", ".join(f"{name} = {val:.4g} (limit {lim:.4g})" for _, name, val, lim in crossed)
+        msg = (f"{self.WHAT} grew past {self.factor:g} x its value {self.lag} readings earlier"
+               + ("" if self.limit is None else f" or past {self.limit:g}") + f": {shown}")
+        return v, limit, msg, self.ACTION
+
+    def _extra_state(self) -> dict[str, Any]:
+        return {"history": {k: list(v) for k, v in self.history.items()}}
+
+    def _load_extra(self, state: Mapping[str, Any]) -> None:
+        self.history = {str(k): deque((float(x) for x in v), maxlen=self.lag)
+                        for k, v in state["history"].items()}
 
 
-class AttentionLogitGrowth(Rule):
+class AttentionLogitGrowth(_GrowthRate):
     """A layer's max attention logit growing ``factor``-fold within ``lag`` readings, or above
     ``limit``.
 
@@ -134,53 +187,18 @@ class AttentionLogitGrowth(Rule):
 
     NAME = "attention_logit_growth"
     TITLE = "Attention-logit growth"
+    WHAT = "max attention logit"
+    ACTION = ("lower the learning rate, add warmup, or normalise queries and keys (qk-layernorm, "
+              "Dehghani et al. 2023)")
 
     def __init__(self, factor: float = 10.0, lag: int = 5, min_value: float = 10.0,
                  limit: float | None = None, cooldown: int = 100, name: str | None = None) -> None:
-        super().__init__(cooldown, name)
-        self.factor = _float_arg("factor", factor, 1.0)
-        self.lag = _int_arg("lag", lag, 1)
-        self.min_value = _float_arg("min_value", min_value, 0.0, inclusive=True)
-        self.limit = None if limit is None else _float_arg("limit", limit, 0.0)
-        self.history: dict[str, deque[float]] = {}
-
-    def _check(self, step: int, value: Any) -> tuple[float, float, str, str] | None:
-        if not isinstance(value, Mapping):
-            raise ValueError(f"value must be a mapping layer -> max attention logit for "
-                             f"{self.name!r}, got {type(value).__name__}")
-        crossed = []
-        for layer, v in value.items():
-            v = float(v)
-            if math.isnan(v):
-                continue
-            hist = self.history.setdefault(str(layer), deque(maxlen=self.lag))
-            limits = [] if self.limit is None else [self.limit]
-            if len(hist) == self.lag and hist[0] > 0 and v > self.min_value:
-                limits.append(self.factor * hist[0])
-            if limits and v > min(limits):
-                crossed.append((v / min(limits), str(layer), v, min(limits)))
-            hist.append(v)
-        if not crossed:
-            return None
-        crossed.sort(key=lambda c: (-c[0], c[1]))
-        _, layer, v, limit = crossed[0]
-        shown = ", ".join(f"{name} = {val:.4g} (limit {lim:.4g})" for _, name, val, lim in crossed)
-        msg = (f"max attention logit grew past {self.factor:g} x its value {self.lag} readings "
-               f"earlier" + ("" if self.limit is None else f" or past {self.limit:g}") + f": {shown}")
-        return v, limit, msg, ("lower the learning rate, add warmup, or normalise queries and keys "
-                               "(qk-layernorm, Dehghani et al. 2023)")
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {"history": {k: list(v) for k, v in self.history.items()}}
-
-    def _load_extra(self, state: Mapping[str, Any]) -> None:
-        self.history = {str(k): deque((float(x) for x in v), maxlen=self.lag)
-                        for k, v in state["history"].items()}
+        super().__init__(factor, lag, min_value, limit, cooldown, name)
 
     @staticmethod
     def select(metrics: Mapping[str, Any]) -> dict[str, float]:
         """``{layer: value}`` of the ``geometry/attention/<layer>/max_logit`` entries."""
-        return _EarlyReference._select(metrics, "attention", "max_logit")
+        return _select(metrics, "attention", "max_logit")
 
 
 class AttentionEntropyCollapse(_EarlyReference):
@@ -216,19 +234,21 @@ class AttentionEntropyCollapse(_EarlyReference):
 
     def select(self, metrics: Mapping[str, Any]) -> dict[str, float]:
         """``{layer: value}`` of the ``geometry/attention/<layer>/<summary>`` entries."""
-        return self._select(metrics, "attention", self.summary)
+        return _select(metrics, "attention", self.summary)
 
 
-class OutputLogitDivergence(_EarlyReference):
-    """An output-logit norm above ``factor`` x its early reference, or above ``limit``.
+class OutputLogitDivergence(_GrowthRate):
+    """An output-logit norm growing ``factor``-fold within ``lag`` readings, or above ``limit``.
 
     Wortsman et al. 2023, Sec. 3.2: the output logits diverge (``log Z`` drifts far from 0);
-    ``update(step, mean_abs)`` with ``geometry/output_logits/mean_abs`` by default.
+    ``update(step, mean_abs)`` with ``geometry/output_logits/mean_abs`` by default. Same test
+    as :class:`AttentionLogitGrowth` on one series (a float, or ``{"output": v}``).
 
     Args:
-        factor: multiple of the early reference (> 1; default 3).
+        factor: growth factor over ``lag`` readings (> 1; default 3).
+        lag: readings between the two compared (>= 1; default 5).
+        min_value: the growth test ignores readings at or below it (>= 0; default 0).
         limit: absolute bound (> 0) or None (default).
-        baseline: readings that make the early reference (default 5).
         cooldown: steps between two alerts (default 100).
         summary: which output summary :meth:`select` picks (``"mean_abs"``, ``"max"``,
             ``"log_z_sq"``; default ``"mean_abs"``).
@@ -236,17 +256,15 @@ class OutputLogitDivergence(_EarlyReference):
 
     NAME = "output_logit_divergence"
     TITLE = "Output-logit divergence"
-    WHAT = "output logits"
     ACTION = "lower the learning rate, add a z-loss (Chowdhery et al. 2022) or weight decay"
 
-    def __init__(self, factor: float = 3.0, limit: float | None = None, baseline: int = 5,
-                 cooldown: int = 100, name: str | None = None, summary: str = "mean_abs") -> None:
-        self.factor = _float_arg("factor", factor, 1.0)
-        self.limit = None if limit is None else _float_arg("limit", limit, 0.0)
+    def __init__(self, factor: float = 3.0, lag: int = 5, min_value: float = 0.0,
+                 limit: float | None = None, cooldown: int = 100, name: str | None = None,
+                 summary: str = "mean_abs") -> None:
         if summary not in ("mean_abs", "max", "log_z_sq"):
             raise ValueError(f"summary must be 'mean_abs', 'max' or 'log_z_sq', got {summary!r}")
+        super().__init__(factor, lag, min_value, limit, cooldown, name)
         self.summary = summary
-        super().__init__(self.factor, self.limit, baseline, cooldown, name)
         self.WHAT = f"output logits' {summary}"
 
     def _readings(self, value: Any) -> Mapping[str, Any]:

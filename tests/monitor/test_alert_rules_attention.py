@@ -100,12 +100,13 @@ def test_entropy_collapse_matches_brute_force(seed, fraction, floor, baseline, c
 
 
 @pytest.mark.parametrize("seed", range(6))
-@pytest.mark.parametrize("factor, limit, baseline", [(3.0, None, 5), (2.0, 100.0, 2)])
-def test_output_divergence_matches_brute_force_on_scalars(seed, factor, limit, baseline):
+@pytest.mark.parametrize("kw", [dict(factor=3.0, lag=5, min_value=0.0, limit=None),
+                                dict(factor=2.0, lag=2, min_value=5.0, limit=100.0)])
+def test_output_divergence_matches_brute_force_on_scalars(seed, kw):
     seq = [{"output": row["a"]} for row in _sequences(seed, layers=("a",))]
-    rule = OutputLogitDivergence(factor=factor, limit=limit, baseline=baseline, cooldown=0)
+    rule = OutputLogitDivergence(cooldown=0, **kw)
     got = [i for i, row in enumerate(seq) if rule.update(i, row["output"]) is not None]
-    assert got == _early_reference(seq, factor, limit, baseline, True)
+    assert got == _growth_reference(seq, **kw)
 
 
 def test_alert_text_names_every_layer_and_reports_the_worst():
@@ -136,7 +137,7 @@ def test_select_from_metrics():
 @pytest.mark.parametrize("make, feed", [
     (lambda: AttentionLogitGrowth(factor=3.0, lag=2, min_value=0.0, cooldown=5), lambda r: r),
     (lambda: AttentionEntropyCollapse(fraction=0.7, baseline=3, cooldown=5), lambda r: r),
-    (lambda: OutputLogitDivergence(factor=2.0, baseline=3, cooldown=5), lambda r: r["a"]),
+    (lambda: OutputLogitDivergence(factor=2.0, lag=3, cooldown=5), lambda r: r["a"]),
 ])
 def test_state_dict_round_trip_resumes_identically(make, feed, tmp_path):
     seq = _sequences(11)
@@ -171,7 +172,7 @@ def test_bad_arguments(make, match):
 
 
 @pytest.mark.parametrize("rule, value, match", [
-    (AttentionLogitGrowth(), 3.0, r"mapping layer -> max attention logit .* got float"),
+    (AttentionLogitGrowth(), 3.0, r"mapping layer -> max attention logit for 'attention_logit_growth', got float"),
     (AttentionEntropyCollapse(), [1.0], r"mapping layer -> attention entropy .* got list"),
     (OutputLogitDivergence(), "x", r"number or a mapping .* got str"),
     (OutputLogitDivergence(), True, r"number or a mapping .* got bool"),
