@@ -76,3 +76,29 @@ def test_geometry_monitor_builds_the_attention_family():
 def test_attention_schedule_is_checked(cls):
     with pytest.raises(ValueError, match="attention_every_n_steps"):
         cls(attention_every_n_steps=0, **OFF)
+
+
+def test_geometry_alerts_feed_the_attention_rules():
+    """GeometryAlerts feeds each attention rule what its select picks, once per new value;
+    the default rules do not include them."""
+    import types
+
+    from geomonitor.callbacks.alerts import GeometryAlerts, default_rules
+    from geomonitor.monitor.attention_alerts import (AttentionEntropyCollapse, AttentionLogitGrowth,
+                                                     OutputLogitDivergence)
+
+    assert not any(r.name.startswith(("attention", "output")) for r in default_rules())
+    cb = GeometryAlerts(rules=[AttentionLogitGrowth(factor=4.0, lag=1, min_value=0.0, cooldown=0),
+                               AttentionEntropyCollapse(fraction=0.5, baseline=1, cooldown=0),
+                               OutputLogitDivergence(limit=50.0, cooldown=0)])
+    trainer = types.SimpleNamespace(callback_metrics={})
+    series = [(2.0, 2.0, 1.0), (2.0, 2.0, 1.0), (9.0, 1.5, 1.0), (9.5, 0.9, 60.0)]
+    fired = []
+    for step, (logit, ent, out) in enumerate(series, start=1):
+        trainer.callback_metrics = {"geometry/attention/h.0/max_logit": torch.tensor(logit),
+                                    "geometry/attention/h.0/entropy": torch.tensor(ent),
+                                    "geometry/output_logits/mean_abs": torch.tensor(out)}
+        fired += [(step, a.rule) for a in cb._geometry(trainer, step)]
+    # growth 9.0 > 4 x 2.0 at step 3; entropy 0.9 < 0.5 x 2.0 and |logit| 60 > 50 at step 4
+    assert fired == [(3, "attention_logit_growth"), (4, "attention_entropy_collapse"),
+                     (4, "output_logit_divergence")]
