@@ -172,11 +172,16 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
 
 
+def _no_cache(m: nn.Module, a: dict[str, Any]) -> None:
+    cache = a.get("cache", a.get("past_key_values"))
+    if cache is not None and cache.get_seq_length(m.layer_idx) > 0:
+        raise ValueError("cached keys (generation) are not supported")
+
+
 def _gpt2(m: nn.Module, a: dict[str, Any]) -> QK:
     if getattr(m, "is_cross_attention", False) or a.get("encoder_hidden_states") is not None:
         raise ValueError("GPT-2 cross-attention is not supported")
-    if a.get("cache") is not None and a["cache"].get_seq_length(m.layer_idx) > 0:
-        raise ValueError("cached keys (generation) are not supported")
+    _no_cache(m, a)
     x = a["hidden_states"]
     w, b = m.c_attn.weight, m.c_attn.bias
     qkv = torch.addmm(b, x.reshape(-1, x.shape[-1]), w).reshape(*x.shape[:-1], -1)
@@ -191,8 +196,7 @@ def _gpt2(m: nn.Module, a: dict[str, Any]) -> QK:
 def _llama(m: nn.Module, a: dict[str, Any]) -> QK:
     if hasattr(m, "q_norm") or hasattr(m, "k_norm"):
         raise ValueError("attention with q/k normalisation layers is not supported")
-    if a.get("cache") is not None and a["cache"].get_seq_length(m.layer_idx) > 0:
-        raise ValueError("cached keys (generation) are not supported")
+    _no_cache(m, a)
     x = a["hidden_states"]
     d = m.head_dim
     q = _heads(F.linear(x, m.q_proj.weight, m.q_proj.bias), m.q_proj.out_features // d)

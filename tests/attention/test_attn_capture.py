@@ -209,6 +209,15 @@ def test_unsupported_module_raises():
         queries_keys(nn.Linear(2, 2), (torch.zeros(1, 2),), {})
 
 
+def test_llama_cached_keys_raise():
+    model = _llama()
+    ids = torch.randint(0, 40, (1, 4), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        past = model(ids, use_cache=True).past_key_values
+        readings, _ = read_attention(model, lambda: model(ids[:, :1], past_key_values=past))
+    assert all("cached keys" in str(r) for r in readings.values())
+
+
 def test_gpt2_cached_keys_raise():
     model = _gpt2()
     ids = torch.randint(0, 40, (1, 4), generator=torch.Generator().manual_seed(0))
@@ -216,3 +225,42 @@ def test_gpt2_cached_keys_raise():
         past = model(ids, use_cache=True).past_key_values
         readings, _ = read_attention(model, lambda: model(ids[:, :1], past_key_values=past))
     assert all("cached keys" in str(r) for r in readings.values())
+
+
+def test_nested_inputs_raise():
+    mha = nn.MultiheadAttention(8, 2, batch_first=True)
+    x = torch.nested.nested_tensor([torch.randn(3, 8), torch.randn(2, 8)])
+    with pytest.raises(ValueError, match="nested-tensor inputs are not supported"):
+        queries_keys(mha, (x, x, x), {})
+
+
+def test_gpt2_cross_attention_and_bad_mask_raise():
+    from transformers import GPT2Config
+    from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
+
+    cfg = GPT2Config(n_embd=16, n_head=2, add_cross_attention=True)
+    h = torch.randn(1, 3, 16)
+    with pytest.raises(ValueError, match="GPT-2 cross-attention is not supported"):
+        queries_keys(GPT2Attention(cfg, is_cross_attention=True, layer_idx=0), (h,),
+                     {"encoder_hidden_states": h})
+    with pytest.raises(ValueError, match="attention_mask of type str is not supported"):
+        queries_keys(GPT2Attention(cfg, layer_idx=0), (h,), {"attention_mask": "causal"})
+
+
+def test_llama_without_position_embeddings_raises():
+    attn = _llama().model.layers[0].self_attn
+    with pytest.raises(ValueError, match="without position_embeddings"):
+        queries_keys(attn, (torch.randn(1, 3, 32),), {})
+
+
+def test_qk_norm_attention_is_reported_unsupported():
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(Qwen3Config(vocab_size=40, hidden_size=32, intermediate_size=48,
+                                         num_hidden_layers=1, num_attention_heads=4,
+                                         num_key_value_heads=2, head_dim=8)).eval()
+    with torch.no_grad():
+        readings, _ = read_attention(model, lambda: model(torch.zeros(1, 4, dtype=torch.long)))
+    assert list(readings) == ["model.layers.0.self_attn"]
+    assert "q/k normalisation" in str(readings["model.layers.0.self_attn"])
