@@ -18,7 +18,8 @@ arguments):
   (and above 10);
 * ``attention_entropy_collapse`` -- a layer's mean attention entropy below half its early value
   (Zhai et al. 2023);
-* ``output_logit_divergence`` -- the output logits' mean ``|logit|`` above 3x its early value.
+* ``output_logit_divergence`` -- the output logits' mean ``|logit|`` 3x its value 5 readings
+  earlier (and above 5).
 
 The baseline is the loss-spike rule of Lightning's ``SpikeDetection`` (``mode="min"``,
 ``window=10``, ``warmup=1``, ``rtol=2``, ``atol=None``, ``finite_only=True``), re-stated in
@@ -228,7 +229,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if args.seeds < 1:
         raise ValueError(f"--seeds must be >= 1, got {args.seeds}")
+    threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
     text = corpus()
     vocab = Vocabulary(text)
     ids = vocab.encode(text)

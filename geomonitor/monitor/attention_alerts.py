@@ -247,7 +247,10 @@ class OutputLogitDivergence(_GrowthRate):
     Args:
         factor: growth factor over ``lag`` readings (> 1; default 3).
         lag: readings between the two compared (>= 1; default 5).
-        min_value: the growth test ignores readings at or below it (>= 0; default 0).
+        min_value: the growth test ignores readings at or below it (>= 0; default 5: the
+            mean |logit| rises several-fold from near 0 in the first steps of healthy runs --
+            0.5 to 2-3 in ``recipes/transformer_instability.py`` at lr 0.01-0.1 -- which is not
+            an alert; a scale-dependent choice, set it for other vocabularies and models).
         limit: absolute bound (> 0) or None (default).
         cooldown: steps between two alerts (default 100).
         summary: which output summary :meth:`select` picks (``"mean_abs"``, ``"max"``,
@@ -258,7 +261,7 @@ class OutputLogitDivergence(_GrowthRate):
     TITLE = "Output-logit divergence"
     ACTION = "lower the learning rate, add a z-loss (Chowdhery et al. 2022) or weight decay"
 
-    def __init__(self, factor: float = 3.0, lag: int = 5, min_value: float = 0.0,
+    def __init__(self, factor: float = 3.0, lag: int = 5, min_value: float = 5.0,
                  limit: float | None = None, cooldown: int = 100, name: str | None = None,
                  summary: str = "mean_abs") -> None:
         if summary not in ("mean_abs", "max", "log_z_sq"):
