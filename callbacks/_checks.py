@@ -10,7 +10,8 @@ from geomonitor.monitor.layers import REDUCTIONS
 from geomonitor.monitor.schedule import Every
 
 PROG_BAR_FAMILIES = ("sharpness", "eos_ratio", "n_hvp", "id", "ph", "neural_persistence", "symmetry",
-                     "neural_collapse", "connectivity", "equivariance", "errors")
+                     "neural_collapse", "connectivity", "equivariance", "attention",
+                     "output_logits", "errors")
 
 
 def positive_float(name: str, value: Any) -> float:

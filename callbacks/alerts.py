@@ -36,6 +36,10 @@ from geomonitor.monitor.keys import PREFIX, metric_key
 from geomonitor.monitor.alerts import (Alert, EdgeOfStability, GradNormExplosion, LossSpike,
                                        NonFinite, RankCollapse, RepresentationCollapse,
                                        Rule)
+from geomonitor.monitor.attention_alerts import (AttentionEntropyCollapse, AttentionLogitGrowth,
+                                                 OutputLogitDivergence)
+
+_ATTENTION_RULES = (AttentionLogitGrowth, AttentionEntropyCollapse, OutputLogitDivergence)
 
 __all__ = ["GeometryAlerts", "ACTIONS", "EOS_KEY", "ID_PREFIX"]
 
@@ -69,7 +73,10 @@ class GeometryAlerts(*CALLBACK_BASES):
         rules: the rules to run; default one :class:`EdgeOfStability`, :class:`LossSpike`,
             :class:`GradNormExplosion`, :class:`NonFinite`, :class:`RepresentationCollapse` (on
             ``geometry/id/*``) and :class:`RankCollapse` (on ``geometry/symmetry/*/rankme``)
-            with their defaults. Names must be unique. Rules of other classes receive nothing.
+            with their defaults. Names must be unique. The transformer rules of
+            :mod:`geomonitor.monitor.attention_alerts` (not among the defaults) are fed what
+            their ``select`` picks from the attention family's keys. Rules of other classes
+            receive nothing.
         actions: rule name -> ``"warn"`` | ``"stop"`` | ``"checkpoint_and_stop"``; unnamed rules warn.
         on_alert: called with every :class:`Alert` (on every rank that sees it).
         wait_duration: seconds W&B waits before re-sending an alert with the same title.
@@ -200,6 +207,12 @@ class GeometryAlerts(*CALLBACK_BASES):
                  if (v := self._changed(f"rankme/{layer}", raw)) is not None}
         if ranks:
             found += [a for r in self._of(RankCollapse) if (a := r.update(step, ranks))]
+        for r in self.rules:
+            if isinstance(r, _ATTENTION_RULES):
+                sel = {k: v for k, raw in r.select(metrics).items()
+                       if (v := self._changed(f"{r.name}/{k}", raw)) is not None}
+                if sel and (a := r.update(step, sel)):
+                    found.append(a)
         return found
 
     # -- delivery and actions -----------------------------------------------------------------

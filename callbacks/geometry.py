@@ -87,6 +87,11 @@ class GeometryMonitor(MonitorCallback):
             W&B histogram) every n optimizer steps (None: off). 40 Hessian-vector products
             on the ``sharpness_probe_size`` samples per measurement.
         spectrum_every_n_epochs: measure the Hessian spectral density every n epochs (None: off).
+        attention_every_n_steps: read the transformer instability signals (max attention
+            logit and entropy per attention module, output-logit norms;
+            :class:`~geomonitor.monitor.families.AttentionFamily`) every n optimizer steps
+            (None: off).
+        attention_every_n_epochs: read them every n epochs (None: off).
         log_diagrams: under W&B, log each persistence diagram (table + scatter plot).
         prog_bar: metric names (without ``geometry/``) shown in the progress bar.
         loss_fn: ``loss_fn(pl_module, batch) -> scalar tensor`` for sharpness; by default
@@ -145,6 +150,8 @@ class GeometryMonitor(MonitorCallback):
         connectivity_every_n_epochs: int | None = None,
         spectrum_every_n_steps: int | None = None,
         spectrum_every_n_epochs: int | None = None,
+        attention_every_n_steps: int | None = None,
+        attention_every_n_epochs: int | None = None,
         log_diagrams: bool = True,
         prog_bar: str | list[str] | None = "eos_ratio",
         loss_fn: Callable[[Any, Any], Any] | None = None,
@@ -175,7 +182,9 @@ class GeometryMonitor(MonitorCallback):
             connectivity_every_n_steps=connectivity_every_n_steps,
             connectivity_every_n_epochs=connectivity_every_n_epochs,
             spectrum_every_n_steps=spectrum_every_n_steps,
-            spectrum_every_n_epochs=spectrum_every_n_epochs)
+            spectrum_every_n_epochs=spectrum_every_n_epochs,
+            attention_every_n_steps=attention_every_n_steps,
+            attention_every_n_epochs=attention_every_n_epochs)
         super().__init__(options, layers=layers, reduce=reduce, probe_size=probe_size,
                          probe_seed=probe_seed, probe_data=probe_data, forward_fn=forward_fn,
                          loss_fn=loss_fn, prog_bar=check.prog_bar(prog_bar), strict=strict,

@@ -159,7 +159,9 @@ class GeometryTrainerCallback(TrainerCallback):
         id_method, id_every_n_steps, id_every_n_epochs, sharpness_every_n_steps,
         sharpness_every_n_epochs, sharpness_max_hvp, sharpness_tol, sharpness_probe_size, sharpness_hvp,
         topology_every_n_steps, topology_every_n_epochs, topology_landmarks,
-        np_every_n_steps, np_every_n_epochs, spectrum_every_n_steps, spectrum_every_n_epochs,
+        np_every_n_steps, np_every_n_epochs, symmetry_every_n_steps, symmetry_every_n_epochs,
+        connectivity_every_n_steps, connectivity_every_n_epochs, spectrum_every_n_steps,
+        spectrum_every_n_epochs, attention_every_n_steps, attention_every_n_epochs,
         log_diagrams, strict, max_pending,
         max_overhead: as in ``GeometryMonitor``.
         loss_fn: ``loss_fn(model, batch) -> scalar`` for sharpness (default
@@ -211,6 +213,8 @@ class GeometryTrainerCallback(TrainerCallback):
         connectivity_every_n_epochs: int | None = None,
         spectrum_every_n_steps: int | None = None,
         spectrum_every_n_epochs: int | None = None,
+        attention_every_n_steps: int | None = None,
+        attention_every_n_epochs: int | None = None,
         log_diagrams: bool = True,
         loss_fn: Callable[[Any, Any], Any] | None = None,
         forward_fn: Callable[[Any, Any], Any] | None = None,
@@ -241,7 +245,9 @@ class GeometryTrainerCallback(TrainerCallback):
             connectivity_every_n_steps=connectivity_every_n_steps,
             connectivity_every_n_epochs=connectivity_every_n_epochs,
             spectrum_every_n_steps=spectrum_every_n_steps,
-            spectrum_every_n_epochs=spectrum_every_n_epochs)
+            spectrum_every_n_epochs=spectrum_every_n_epochs,
+            attention_every_n_steps=attention_every_n_steps,
+            attention_every_n_epochs=attention_every_n_epochs)
         build_families(seed=probe_seed, **self._options)  # the families' own checks, now
         self._kwargs = dict(layers=layers, reduce=reduce, probe_size=probe_size,
                             probe_seed=probe_seed, strict=strict, max_pending=max_pending,

@@ -12,7 +12,8 @@
   and their outputs as (N, D) point clouds (:mod:`.layers`);
 * :class:`BackgroundWorker` -- CPU-heavy jobs off the training thread (:mod:`.worker`);
 * :func:`as_sink` -- what the engine accepts as a sink (:mod:`.sink`);
-* alert rules live in :mod:`geomonitor.monitor.alerts`.
+* alert rules live in :mod:`geomonitor.monitor.alerts` (transformer instability rules in
+  :mod:`geomonitor.monitor.attention_alerts`).
 """
 from geomonitor.monitor.cost import CostCap
 from geomonitor.monitor.engine import Monitor, MonitorWarning

@@ -23,6 +23,8 @@ family                  layer       summary     example
 ``neural_collapse``     yes         yes         ``geometry/neural_collapse/fc2/nc1``
 ``connectivity``        no          yes         ``geometry/connectivity/barrier``
 ``equivariance``        yes (name)  yes         ``geometry/equivariance/rot90/output``
+``attention``           yes         yes         ``geometry/attention/h.0.attn/max_logit``
+``output_logits``       no          yes         ``geometry/output_logits/log_z``
 ``skipped``             yes (fam.)  no          ``geometry/skipped/topology``
 ``dropped``             yes (fam.)  no          ``geometry/dropped/topology``
 ``period``              yes (fam.)  no          ``geometry/period/topology``
@@ -61,8 +63,8 @@ PREFIX = "geometry"
 FAMILIES: tuple[str, ...] = ("sharpness", "eos_ratio", "hessian_trace", "hessian_outliers",
                              "hessian_spectrum", "n_hvp", "id",
                              "id_profile", "ph", "neural_persistence", "symmetry",
-                             "neural_collapse", "connectivity", "equivariance", "skipped",
-                             "dropped", "period", "errors")
+                             "neural_collapse", "connectivity", "equivariance", "attention",
+                             "output_logits", "skipped", "dropped", "period", "errors")
 
 #: The families whose layer part is a module name (``equivariance`` names a transform,
 #: ``skipped``/``dropped``/``period`` a family).
@@ -77,6 +79,7 @@ _REQ, _NO = "required", "forbidden"
 _RULES = {"id": (_REQ, _NO), "ph": (_REQ, _REQ), "neural_persistence": ("one", "one"),
           "symmetry": (_REQ, _REQ), "neural_collapse": (_REQ, _REQ),
           "connectivity": (_NO, _REQ), "equivariance": (_REQ, _REQ),
+          "attention": (_REQ, _REQ), "output_logits": (_NO, _REQ),
           "skipped": (_REQ, _NO), "dropped": (_REQ, _NO),
           "period": (_REQ, _NO)}
 _NP_MEAN = "mean"

@@ -23,6 +23,11 @@ from geomonitor.monitor.keys import FAMILIES, LAYER_STATS, LAYERED, layers_key, 
     (("neural_collapse", "fc2", "nc1"), "geometry/neural_collapse/fc2/nc1"),
     (("connectivity", None, "barrier"), "geometry/connectivity/barrier"),
     (("equivariance", "rot90", "output"), "geometry/equivariance/rot90/output"),
+    (("attention", "transformer.h.0.attn", "max_logit"), "geometry/attention/transformer.h.0.attn/max_logit"),
+    (("attention", "layers.1", "entropy"), "geometry/attention/layers.1/entropy"),
+    (("attention", "layers.1", "entropy_min"), "geometry/attention/layers.1/entropy_min"),
+    (("output_logits", None, "mean_abs"), "geometry/output_logits/mean_abs"),
+    (("output_logits", None, "log_z_sq"), "geometry/output_logits/log_z_sq"),
     (("skipped", "topology"), "geometry/skipped/topology"),
     (("dropped", "topology"), "geometry/dropped/topology"),
     (("period", "topology"), "geometry/period/topology"),
@@ -36,7 +41,8 @@ def test_families_tuple():
     assert FAMILIES == ("sharpness", "eos_ratio", "hessian_trace", "hessian_outliers",
                         "hessian_spectrum", "n_hvp", "id", "id_profile",
                         "ph", "neural_persistence", "symmetry", "neural_collapse", "connectivity",
-                        "equivariance", "skipped", "dropped", "period", "errors")
+                        "equivariance", "attention", "output_logits", "skipped", "dropped",
+                        "period", "errors")
 
 
 def test_unknown_family_lists_families():
@@ -57,6 +63,10 @@ def test_unknown_family_lists_families():
     (("neural_persistence", None, "max"), r"has the one summary 'mean', got 'max'"),
     (("connectivity", "fc1", "barrier"), r"family 'connectivity' takes no layer"),
     (("skipped",), r"family 'skipped' needs a layer"),
+    (("attention", "layers.0"), r"family 'attention' needs a summary, got summary=None"),
+    (("attention", None, "entropy"), r"family 'attention' needs a layer, got layer=None"),
+    (("output_logits", "head", "max"), r"family 'output_logits' takes no layer, got layer='head'"),
+    (("output_logits",), r"family 'output_logits' needs a summary, got summary=None"),
     (("id", ""), r"layer must be a non-empty str without '/', got ''"),
     (("id", "a/b"), r"layer must be a non-empty str without '/', got 'a/b'"),
     (("id", 3), r"layer must be a non-empty str without '/', got 3"),
@@ -80,7 +90,10 @@ def test_no_key_is_both_a_leaf_and_a_prefix():
     keys += [metric_key("ph", layer, f"h{d}_{s}") for layer in layers for d in (0, 1) for s in SUMMARIES]
     keys += [metric_key("neural_persistence", summary="mean")]
     keys += [metric_key("neural_persistence", layer) for layer in layers]
-    keys += [metric_key("skipped", f) for f in ("id", "topology")]
+    keys += [metric_key("attention", layer, s) for layer in layers
+             for s in ("max_logit", "entropy", "entropy_min")]
+    keys += [metric_key("output_logits", summary=s) for s in ("mean_abs", "max", "log_z", "log_z_sq")]
+    keys += [metric_key("skipped", f) for f in ("id", "topology", "attention")]
     keys += [metric_key("dropped", f) for f in ("id", "topology")]
     keys += [metric_key("symmetry", layer, s) for layer in layers
              for s in ("imbalance", "imbalance_rel", "dead_fraction", "duplicates", "effective_rank",

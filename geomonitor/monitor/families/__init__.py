@@ -10,6 +10,8 @@
   ``geometry/hessian_outliers`` and the Hessian spectral density (opt-in)
 * :class:`EquivarianceFamily` (:mod:`.equivariance`) -- ``geometry/equivariance/...`` (needs
   the user's group actions)
+* :class:`AttentionFamily` (:mod:`.attention`) -- ``geometry/attention/...``,
+  ``geometry/output_logits/...`` (opt-in; transformers)
 
 :func:`build_families` turns ``GeometryMonitor``-style options into family objects; the
 Lightning, Hugging Face and plain-loop entry points all go through it, so a default is
@@ -20,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from geomonitor.monitor.family import Family
+from geomonitor.monitor.families.attention import AttentionFamily
 from geomonitor.monitor.families.connectivity import ConnectivityFamily
 from geomonitor.monitor.families.equivariance import EquivarianceFamily
 from geomonitor.monitor.families.intrinsic import IntrinsicDimensionFamily
@@ -30,8 +33,9 @@ from geomonitor.monitor.families.symmetry import SymmetryFamily
 from geomonitor.monitor.families.topology import TopologyFamily
 from geomonitor.monitor.schedule import Every
 
-__all__ = ["DEFAULTS", "ConnectivityFamily", "EquivarianceFamily", "IntrinsicDimensionFamily", "NeuralPersistenceFamily", "SharpnessFamily", "SymmetryFamily",
-           "TopologyFamily", "build_families", "SpectrumFamily"]
+__all__ = ["DEFAULTS", "AttentionFamily", "ConnectivityFamily", "EquivarianceFamily", "IntrinsicDimensionFamily",
+           "NeuralPersistenceFamily", "SharpnessFamily", "SpectrumFamily", "SymmetryFamily",
+           "TopologyFamily", "build_families"]
 
 #: Every option of :func:`build_families` and its default (schedules: ``None`` = off).
 #: Every default family asks for a point every 10 steps; the cost cap stretches the periods
@@ -49,6 +53,8 @@ DEFAULTS: dict[str, Any] = {
     "equivariance_transforms": None,
     "spectrum_every_n_steps": None, "spectrum_every_n_epochs": None, "spectrum_n_iter": 20,
     "spectrum_n_vectors": 2,
+    "attention_every_n_steps": None, "attention_every_n_epochs": None,
+    "attention_output_logits": True,
 }
 
 
@@ -106,6 +112,9 @@ def build_families(*, seed: int = 0, **options: Any) -> list[Family]:
     if every is not None:
         families.append(SpectrumFamily(every, n_iter=o["spectrum_n_iter"], n_vectors=o["spectrum_n_vectors"],
                                        seed=seed, probe_size=o["sharpness_probe_size"], hvp=o["sharpness_hvp"]))
+    every = _every(o, "attention")
+    if every is not None:
+        families.append(AttentionFamily(every, output_logits=o["attention_output_logits"]))
     if not families:
         raise ValueError("no family is on: every *_every_n_steps and *_every_n_epochs is None")
     return families
