@@ -25,6 +25,12 @@ Memory per rank (sharded): the saved shards (P/W), two gradient shards (2 P/W) a
 Lanczos basis (``max_basis`` x P/W; max(30, 3k) vectors) -- nothing of size P. Replicated:
 as one process (:mod:`.spectrum`), plus one P-vector for the all-reduce.
 
+Warm start and checkpoints (sharded): the eigenvectors kept between measurements are each
+rank's local parts; a checkpoint written by rank 0 alone restores rank 0's part on every
+rank, which is a valid but not the previous start vector (a part of another length is
+dropped and the measurement starts cold); the value is unaffected beyond the solver's
+tolerance.
+
 Failure modes (``ValueError``): fewer probe samples than ranks, parameters that are partly
 DTensors and partly not, and those of :class:`~geomonitor.sharpness.fd_hvp.FiniteDifferenceHVP`.
 
