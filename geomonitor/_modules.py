@@ -33,7 +33,7 @@ import sys
 import torch
 from torch import nn
 
-__all__ = ["hf_conv1d_type", "is_linear_like", "is_conv", "is_weight_layer", "weight_matrix",
+__all__ = ["full_tensor", "hf_conv1d_type", "is_linear_like", "is_conv", "is_weight_layer", "weight_matrix",
            "weight_layers", "feature_layout"]
 
 _CONV = nn.modules.conv._ConvNd
@@ -57,6 +57,17 @@ def is_linear_like(module: nn.Module) -> bool:
 def is_conv(module: nn.Module) -> bool:
     """A (possibly transposed) 1-, 2- or 3-d convolution."""
     return isinstance(module, _CONV)
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """``t`` whole: a ``DTensor`` (an FSDP2 shard) is all-gathered (``t.full_tensor()``, a
+    collective: every rank must call it, in the same order), a plain tensor returned as is.
+    Gathering one layer at a time bounds the extra memory by the largest layer."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed
+        return t
+    return t.full_tensor() if isinstance(t, DTensor) else t
 
 
 def is_weight_layer(module: nn.Module) -> bool:

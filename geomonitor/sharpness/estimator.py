@@ -10,9 +10,11 @@ sharpness ``lambda_1(P^{-1/2} H P^{-1/2})`` against (2+2 beta1)/((1-beta1) lr) (
 start, so a measurement one optimiser step later typically takes a handful of products.
 
 Distributed training: a DistributedDataParallel (or DataParallel) wrapper is unwrapped to
-``model.module`` (double backward through DDP is unsupported); each rank measures the
-Hessian of its own probe loss without communication. Ranks holding the same probe batch get
-the same value; otherwise the caller may average the ``sharpness`` values over ranks.
+``model.module`` (double backward through DDP is unsupported). Without ``layout`` each rank
+measures the Hessian of its own probe loss without communication; with ``layout``
+(:mod:`geomonitor.sharpness.sharded`) the probe is split across ranks, the products summed
+over them, and every rank gets the same value: under DDP on replicated parameters, under
+FSDP2 on the local shards (finite differences; the eigenvectors kept are the local parts).
 
 Degradations (documented, tested): an optimiser without a known threshold, or Adam before
 its first step (no ``exp_avg_sq``), gives the raw sharpness with ``eos_ratio=None`` and a
@@ -37,6 +39,7 @@ import torch
 from geomonitor.sharpness.hvp import trainable
 from geomonitor.sharpness.isolation import isolated
 from geomonitor.sharpness.preconditioned import adam_preconditioner, stability_threshold
+from geomonitor.sharpness.sharded import Layout, local_tensor
 from geomonitor.sharpness.spectrum import HVP_BACKENDS, _check, choose_hvp, hessian_eigenvalues
 
 __all__ = ["SharpnessEstimator", "SharpnessResult"]
@@ -110,8 +113,11 @@ class SharpnessEstimator:
         *,
         optimizer: torch.optim.Optimizer | None = None,
         lr: float | None = None,
+        layout: Layout | None = None,
     ) -> SharpnessResult:
-        """Measure the Hessian of ``loss_fn()`` w.r.t. the trainable parameters of ``model``."""
+        """Measure the Hessian of ``loss_fn()`` w.r.t. the trainable parameters of ``model``;
+        with ``layout`` (:func:`geomonitor.sharpness.sharded.layout`) ``loss_fn`` is this
+        rank's share of the probe loss and every rank calls this together."""
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"model must be a torch.nn.Module; got {type(model).__name__}")
         backend = choose_hvp(model, self.hvp)
@@ -126,12 +132,13 @@ class SharpnessEstimator:
                 except ValueError as err:
                     note, pre, thr = f"raw sharpness, no eos_ratio: {err}", False, thr._replace(value=None)
             init = self._vectors
-            dim = sum(p.numel() for p in params)
+            dim = sum(local_tensor(p).numel() for p in params)
             if init is not None and (init.shape[1] != dim or self._vectors_preconditioned != pre):
                 init = None
             spec = hessian_eigenvalues(
                 loss_fn, params, self.k, tol=self.tol, max_hvp=self.max_hvp, init=init,
                 generator=self.generator, scaling=scaling, hvp=backend, min_cold=self.min_cold,
+                layout=layout,
             )
         if bool(torch.isfinite(spec.eigenvalues).all()):
             self._vectors = spec.eigenvectors.detach()

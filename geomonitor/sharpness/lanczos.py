@@ -75,14 +75,26 @@ class LanczosResult(NamedTuple):
     reason: str
 
 
-def _full_orth(f: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:
-    """``f`` minus its projection on the rows of ``Q``, in place (CGS, a second pass if needed)."""
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _norm(f: torch.Tensor, reduce: Callable[[torch.Tensor], torch.Tensor] = _local) -> float:
+    if reduce is _local:
+        return float(torch.linalg.vector_norm(f))
+    return math.sqrt(float(reduce(torch.dot(f, f).double().reshape(1)).item()))
+
+
+def _full_orth(f: torch.Tensor, Q: torch.Tensor,
+               reduce: Callable[[torch.Tensor], torch.Tensor] = _local) -> torch.Tensor:
+    """``f`` minus its projection on the rows of ``Q``, in place (CGS, a second pass if needed);
+    ``reduce`` sums partial inner products over the ranks holding parts of the vectors."""
     if Q.shape[0] == 0:
         return f
-    before = float(torch.linalg.vector_norm(f))
-    f.addmv_(Q.T, Q @ f, alpha=-1.0)
-    if float(torch.linalg.vector_norm(f)) < 0.5 * before:
-        f.addmv_(Q.T, Q @ f, alpha=-1.0)
+    before = _norm(f, reduce)
+    f.addmv_(Q.T, reduce(Q @ f), alpha=-1.0)
+    if _norm(f, reduce) < 0.5 * before:
+        f.addmv_(Q.T, reduce(Q @ f), alpha=-1.0)
     return f
 
 
@@ -122,6 +134,7 @@ def lanczos_top(
     dtype: torch.dtype = torch.float32,
     max_basis: int | None = None,
     min_cold: int | None = None,
+    allreduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> LanczosResult:
     """The ``k`` largest algebraic eigenpairs of the symmetric operator ``matvec`` on R^dim.
 
@@ -140,11 +153,18 @@ def lanczos_top(
         max_basis: basis size that triggers a thick restart (default max(30, 3k)).
         min_cold: products before convergence may be declared from a random start (default
             ``2k + 10``; at least ``k + 1``).
+        allreduce: for vectors split across ranks (each rank holds ``dim`` of the entries,
+            e.g. its shards of FSDP parameters): sums a tensor over the ranks, in place, and
+            returns it (``torch.distributed.all_reduce``); every inner product and norm goes
+            through it, and the stopping rule sees the total dimension. ``None``: one process
+            holds the whole vector. Every rank must call this function together.
 
     Returns:
         :class:`LanczosResult`; eigenvectors orthonormal rows, shape (k, dim).
     """
-    max_basis = _check_args(dim, k, tol, max_matvec, max_basis)
+    reduce = _local if allreduce is None else allreduce
+    total = dim if allreduce is None else int(allreduce(torch.tensor([float(dim)], dtype=torch.float64)).item())
+    max_basis = _check_args(total, k, tol, max_matvec, max_basis)
     if generator is None:
         generator = torch.Generator()
     start: torch.Tensor | None = None
@@ -155,12 +175,14 @@ def lanczos_top(
         if init.dim() != 2 or init.shape[1] != dim:
             raise ValueError(f"init must have shape ({dim},) or (j, {dim}); got {tuple(init.shape)}")
         rows = [r.to(device=device, dtype=dtype) for r in init[:k]]
-        rows = [r for r in rows if math.isfinite(float(r.sum()))]
-        rows = [r / n for r in rows if (n := float(torch.linalg.vector_norm(r))) > 0]
+        finite = reduce(torch.tensor([float(r.sum()) for r in rows] or [0.0], dtype=torch.float64))
+        rows = [r for r, s in zip(rows, finite.tolist()) if math.isfinite(s)]
+        norms = [_norm(r, reduce) for r in rows]
+        rows = [r / n for r, n in zip(rows, norms) if n > 0]
         if rows:
             start = torch.stack(rows).sum(0)
     eps = torch.finfo(dtype).eps
-    cap = min(max_basis, dim)
+    cap = min(max_basis, total)
     Q = torch.empty(cap, dim, device=device, dtype=dtype)
     T = np.zeros((cap, cap))  # float64, small: numpy (no per-op tensor overhead)
     b = np.zeros(cap)  # A Q[:m]^T = Q[:m]^T T + Q[m] b^T
@@ -170,11 +192,11 @@ def lanczos_top(
 
     def place(v: torch.Tensor, m: int) -> bool:
         """Orthonormalise ``v`` against Q[:m] into Q[m]; False if it lies in their span."""
-        before = float(torch.linalg.vector_norm(v))
+        before = _norm(v, reduce)
         if before == 0.0 or not math.isfinite(before):
             return False
-        v = _full_orth(v.clone(), Q[:m])
-        after = float(torch.linalg.vector_norm(v))
+        v = _full_orth(v.clone(), Q[:m], reduce)
+        after = _norm(v, reduce)
         if after <= 1e-6 * before:
             return False
         torch.div(v, after, out=Q[m])
@@ -187,7 +209,7 @@ def lanczos_top(
         min_cold = 2 * k + 10
     elif isinstance(min_cold, bool) or not isinstance(min_cold, int) or min_cold < k + 1:
         raise ValueError(f"min_cold must be an int >= k + 1 = {k + 1}; got {min_cold!r}")
-    min_basis = 1 if warm else min(dim, min_cold)
+    min_basis = 1 if warm else min(total, min_cold)
     m, n, arrow, anorm = 0, 0, 0, 0.0
     prev_theta: np.ndarray | None = None
 
@@ -202,7 +224,7 @@ def lanczos_top(
         q = Q[m]
         f = matvec(q).to(device=device, dtype=dtype)
         n += 1
-        alpha = float(torch.dot(q, f))
+        alpha = float(reduce(torch.dot(q, f).double().reshape(1)).item())
         T[m, m] = alpha
         lo = max(m - 1, 0) if arrow == 0 else 0  # b is nonzero on Q[lo:m]: one entry, or the arrow
         coef = np.append(b[lo:m], alpha)
@@ -210,7 +232,7 @@ def lanczos_top(
         f.addmv_(Q[lo:m + 1].T, torch.from_numpy(coef).to(device=device, dtype=dtype), alpha=-1.0)
         m += 1
         b[:] = 0.0
-        beta = float(torch.linalg.vector_norm(f))
+        beta = _norm(f, reduce)
         theta, S = np.linalg.eigh(T[:m, :m])
         theta, S = theta[::-1], S[:, ::-1]
         scale = max(float(np.abs(theta).max()), torch.finfo(dtype).tiny)
@@ -235,7 +257,7 @@ def lanczos_top(
             else np.full(kk, np.inf)
         )
         done = (res <= thr) | ((est <= thr) & (moved <= thr) & (res <= math.sqrt(tol) * scale))
-        exact = m >= dim
+        exact = m >= total
         stop = kk == k and (bool(done.all() and n >= min_basis) or exact)
         if stop or n >= max_matvec:
             Y = vectors(S[:, :kk], m)
@@ -265,8 +287,8 @@ def lanczos_top(
             m, arrow, full = keep, keep, True
         if not breakdown:
             if full:
-                _full_orth(f, Q[:m])
-                beta_after = float(torch.linalg.vector_norm(f))
+                _full_orth(f, Q[:m], reduce)
+                beta_after = _norm(f, reduce)
                 if beta_after > 1e-6 * beta:
                     torch.div(f, beta_after, out=Q[m])
                     continue

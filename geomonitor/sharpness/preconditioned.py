@@ -41,6 +41,8 @@ from typing import NamedTuple, Sequence
 
 import torch
 
+from geomonitor.sharpness.sharded import local_tensor
+
 __all__ = ["Threshold", "stability_threshold", "adam_preconditioner", "ADAM_FAMILY"]
 
 ADAM_FAMILY = (torch.optim.Adam, torch.optim.AdamW)
@@ -142,6 +144,7 @@ def adam_preconditioner(optimizer: torch.optim.Optimizer, params: Sequence[torch
         b1, b2 = (float(b) for b in g["betas"])
         t = float(state["step"])
         v = state["max_exp_avg_sq"] if g.get("amsgrad", False) else state["exp_avg_sq"]
+        v = local_tensor(v)  # FSDP2: this rank's shard, like the parameter's
         diag = (1 - b1**t) * ((v.detach().double() / (1 - b2**t)).sqrt() + float(g["eps"]))
         parts.append(diag.reshape(-1))
     return torch.cat(parts)

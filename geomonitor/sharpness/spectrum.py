@@ -40,6 +40,7 @@ from geomonitor.sharpness.fd_hvp import FiniteDifferenceHVP
 from geomonitor.sharpness.hvp import HVPOperator
 from geomonitor.sharpness.isolation import measurement_mode
 from geomonitor.sharpness.lanczos import lanczos_top
+from geomonitor.sharpness.sharded import Layout, ShardedFiniteDifferenceHVP, all_reduce_sum, is_sharded
 
 __all__ = ["HVP_BACKENDS", "HessianSpectrum", "choose_hvp", "hessian_eigenvalues"]
 
@@ -69,8 +70,9 @@ def kinked_modules(model: torch.nn.Module) -> list[str]:
 
 
 def choose_hvp(model: torch.nn.Module, hvp: str = "auto") -> str:
-    """The backend for ``model``: ``hvp`` itself unless it is ``"auto"``, then ``"exact"``
-    when :func:`kinked_modules` finds one, else ``"fd"``.
+    """The backend for ``model``: ``hvp`` itself unless it is ``"auto"``, then ``"fd"`` for
+    sharded (DTensor, FSDP2) parameters, ``"exact"`` when :func:`kinked_modules` finds one,
+    else ``"fd"``.
 
     Raises:
         ValueError: ``hvp`` not in :data:`HVP_BACKENDS`.
@@ -79,6 +81,8 @@ def choose_hvp(model: torch.nn.Module, hvp: str = "auto") -> str:
         raise ValueError(f"hvp must be one of {HVP_BACKENDS}; got {hvp!r}")
     if hvp != "auto":
         return hvp
+    if any(is_sharded(p) for p in model.parameters()):
+        return "fd"  # FSDP2: the double backward does not run through its collectives
     return "exact" if kinked_modules(model) else "fd"
 
 
@@ -124,6 +128,7 @@ def hessian_eigenvalues(
     scaling: torch.Tensor | None = None,
     hvp: str = "exact",
     min_cold: int | None = None,
+    layout: Layout | None = None,
 ) -> HessianSpectrum:
     """The ``k`` largest eigenvalues of the Hessian of ``loss_fn()`` w.r.t. ``params``.
 
@@ -142,6 +147,11 @@ def hessian_eigenvalues(
             docstring (``"auto"`` needs the model: :func:`choose_hvp`).
         min_cold: products before convergence may be declared from a random start
             (``lanczos_top``'s default when None).
+        layout: the probe split across ranks (:func:`geomonitor.sharpness.sharded.layout`):
+            ``loss_fn`` is then the mean loss on this rank's share, every rank calls this
+            together, and the products are summed over ranks (:mod:`.sharded`); for sharded
+            (FSDP2) parameters ``init``, ``scaling`` and the eigenvectors are this rank's
+            local parts. ``None``: one process.
 
     Returns:
         :class:`HessianSpectrum`.
@@ -153,20 +163,36 @@ def hessian_eigenvalues(
     _check(k, tol, max_hvp)
     if hvp not in ("fd", "exact"):
         raise ValueError(f"hvp must be 'fd' or 'exact' here; got {hvp!r}")
+    split = layout is not None and (layout.world > 1 or layout.sharded)
+    if split and layout.sharded and hvp != "fd":
+        raise ValueError("the double backward does not run through FSDP's collectives: use "
+                         "hvp='fd' (or 'auto') for sharded (DTensor) parameters")
     with measurement_mode(double_backward=hvp == "exact"):
-        op = HVPOperator(loss_fn, params) if hvp == "exact" else FiniteDifferenceHVP(loss_fn, params)
-        if k > op.dim:
-            raise ValueError(f"k={k} exceeds the number of parameters P={op.dim}; use k <= {op.dim}")
+        if split and layout.sharded:
+            factor = layout.world * layout.weight  # FSDP averages the ranks' gradients
+            op = ShardedFiniteDifferenceHVP(lambda: loss_fn() * factor, params)
+            dim, reduce = op.global_dim, all_reduce_sum
+        else:
+            fn = (lambda: loss_fn() * layout.weight) if split else loss_fn
+            op = HVPOperator(fn, params) if hvp == "exact" else FiniteDifferenceHVP(fn, params)
+            dim, reduce = op.dim, None
+        if k > dim:
+            raise ValueError(f"k={k} exceeds the number of parameters P={dim}; use k <= {dim}")
         matvec = op
+        if split and not layout.sharded:  # replicated: sum the ranks' weighted products
+            matvec = lambda v: all_reduce_sum(op(v))  # noqa: E731
         if scaling is not None:
             d = torch.as_tensor(scaling).to(device=op.device, dtype=op.dtype)
             if d.shape != (op.dim,) or not torch.isfinite(d).all() or not bool((d > 0).all()):
                 raise ValueError(f"scaling must be a positive finite vector of shape ({op.dim},); got shape {tuple(d.shape)}")
-            matvec = lambda v: d * op(d * v)  # noqa: E731
+            product = matvec
+            matvec = lambda v: d * product(d * v)  # noqa: E731
         res = lanczos_top(
             matvec, op.dim, k, tol=tol, max_matvec=max_hvp, init=init, generator=generator,
-            device=op.device, dtype=op.dtype, min_cold=min_cold,
+            device=op.device, dtype=op.dtype, min_cold=min_cold, allreduce=reduce,
         )
         loss = op.loss
+        if split and not layout.sharded:
+            loss = all_reduce_sum(loss.detach().double().reshape(1)).reshape(())
         op.release()
     return HessianSpectrum(res.eigenvalues, res.eigenvectors, res.n_matvec, res.converged, res.reason, loss)

@@ -50,6 +50,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
+from geomonitor._modules import full_tensor
+
 __all__ = ["Pair", "Structure", "find_pairs", "inference", "input_weight", "is_linear_like",
            "output_weight"]
 
@@ -104,10 +106,10 @@ def output_weight(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
     ``nn.Linear`` (out, in); conv (out, in/groups, *k); HF ``Conv1D`` stored (in, out) is
     transposed to (out, in).
     """
-    w = m.weight.detach()
+    w = full_tensor(m.weight).detach()  # FSDP2: this one layer gathered
     if _is_hf_conv1d(m):
         w = w.T
-    b = m.bias.detach() if getattr(m, "bias", None) is not None else None
+    b = full_tensor(m.bias).detach() if getattr(m, "bias", None) is not None else None
     return w, b
 
 

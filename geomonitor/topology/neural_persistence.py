@@ -51,7 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from geomonitor._modules import weight_layers
+from geomonitor._modules import full_tensor, weight_layers
 
 __all__ = ["NeuralPersistence", "layer_matrix", "neural_persistence", "neural_persistence_network"]
 
@@ -198,6 +198,8 @@ def neural_persistence_network(
     weights, skipped = _named_weights(model_or_named_weights)
     if not weights:
         raise ValueError("model_or_named_weights has no Linear or Conv layer (groups=1) to measure")
+    if any(_is_dtensor(w) for w in weights.values()):
+        return _sharded_network(weights, skipped, p, normalization)
     mats = {k: layer_matrix(w, name=f"weight of {k!r}") for k, w in weights.items()}
     w_max = None
     if normalization == "network":
@@ -206,4 +208,39 @@ def neural_persistence_network(
             raise ValueError("neural persistence is undefined when every weight of the network "
                              "is zero (|w| / max|w| divides by 0)")
     per_layer = {k: neural_persistence(a, p=p, w_max=w_max) for k, a in mats.items()}
+    return NeuralPersistence(float(np.mean(list(per_layer.values()))), per_layer, tuple(skipped))
+
+
+def _is_dtensor(t: Any) -> bool:
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - torch without distributed
+        return False
+    return isinstance(t, DTensor)
+
+
+def _sharded_network(weights: dict[str, Any], skipped: list[str], p: float,
+                     normalization: str) -> NeuralPersistence:
+    """The same definition on FSDP2 (DTensor) weights, one layer whole at a time: the
+    network's largest |w| from the local shards (one all-reduce of one number per layer),
+    then each layer gathered, measured and dropped, so the extra memory per rank is the
+    largest layer (as (out, in) float64), not the model. Every rank must call it."""
+    dist = torch.distributed
+    w_max = None
+    if normalization == "network":
+        local = []
+        for w in weights.values():
+            shard = w.to_local() if _is_dtensor(w) else w
+            local.append(float(shard.detach().abs().max()) if shard.numel() else 0.0)
+        peak = torch.tensor(local, dtype=torch.float64)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+        if not bool(torch.isfinite(peak).all()):
+            raise ValueError("the weights hold NaN or Inf; neural persistence is undefined")
+        w_max = float(peak.max())
+        if w_max == 0.0:
+            raise ValueError("neural persistence is undefined when every weight of the network "
+                             "is zero (|w| / max|w| divides by 0)")
+    per_layer = {k: neural_persistence(layer_matrix(full_tensor(w), name=f"weight of {k!r}"),
+                                       p=p, w_max=w_max) for k, w in weights.items()}
     return NeuralPersistence(float(np.mean(list(per_layer.values()))), per_layer, tuple(skipped))

@@ -15,6 +15,14 @@ parameter group. Products come from ``hvp`` (:func:`geomonitor.sharpness.spectru
 central differences of the gradient, or the double backward for models with ReLU-family or
 max-pooling modules, whose kinks the differences would see).
 
+Distributed (an initialised ``torch.distributed`` group of W > 1 ranks): with ``split=True``
+(default) rank r measures its contiguous share of the slice (:func:`~geomonitor.sharpness.
+sharded.probe_share`) and the products are summed over ranks, so every rank gets the value of
+the whole slice at 1/W of the forward/backward work; on FSDP2 (DTensor) parameters always, by
+finite differences on the local shards (:mod:`geomonitor.sharpness.sharded`). Every rank
+must then measure at the same steps (the engine's schedule and broadcast decisions ensure it).
+``split=False`` under DDP: each rank measures the whole slice on its own replica.
+
 Cost: a cold measurement (random start) stops once ``min_cold`` (6) products are reached and
 the tolerance ``tol`` (1e-2, relative) is met; each later one starts from the previous
 eigenvector and typically takes 3 products; never more than ``max_hvp``. Measured on the
@@ -36,8 +44,9 @@ from geomonitor._checks import positive_int
 from geomonitor.monitor.family import Context, Family, Measurement
 from geomonitor.monitor.keys import metric_key
 from geomonitor.monitor.schedule import Every
+from geomonitor.sharpness.sharded import layout
 
-__all__ = ["SharpnessFamily", "as_loss", "head"]
+__all__ = ["SharpnessFamily", "as_loss", "batch_size", "head"]
 
 
 def as_loss(out: Any) -> torch.Tensor:
@@ -53,21 +62,35 @@ def as_loss(out: Any) -> torch.Tensor:
     return out.reshape(())
 
 
-def head(batch: Any, n: int) -> Any:
-    """The first ``n`` samples of a batch: tensors cut along dim 0, containers rebuilt."""
+def head(batch: Any, n: int | slice) -> Any:
+    """The first ``n`` samples of a batch (or the samples of the slice ``n``): tensors cut
+    along dim 0, containers rebuilt."""
+    rows = n if isinstance(n, slice) else slice(0, n)
     if isinstance(batch, torch.Tensor):
-        return batch[:n] if batch.dim() > 0 else batch
+        return batch[rows] if batch.dim() > 0 else batch
     if isinstance(batch, Mapping):
-        items = {k: head(v, n) for k, v in batch.items()}
+        items = {k: head(v, rows) for k, v in batch.items()}
         try:
             return type(batch)(items)
         except TypeError:
             return items
     if isinstance(batch, tuple) and hasattr(batch, "_fields"):
-        return type(batch)(*(head(v, n) for v in batch))
+        return type(batch)(*(head(v, rows) for v in batch))
     if isinstance(batch, (list, tuple)):
-        return type(batch)(head(v, n) for v in batch)
+        return type(batch)(head(v, rows) for v in batch)
     return batch
+
+
+def batch_size(batch: Any) -> int | None:
+    """The number of samples of a batch: dim 0 of its first tensor (``None``: no tensor)."""
+    if isinstance(batch, torch.Tensor):
+        return int(batch.shape[0]) if batch.dim() > 0 else None
+    values = batch.values() if isinstance(batch, Mapping) else batch if isinstance(batch, (list, tuple)) else ()
+    for v in values:
+        n = batch_size(v)
+        if n is not None:
+            return n
+    return None
 
 
 class SharpnessFamily(Family):
@@ -77,8 +100,12 @@ class SharpnessFamily(Family):
     needs_loss = True
 
     def __init__(self, schedule: Every, *, max_hvp: int = 20, tol: float = 1e-2, seed: int = 0,
-                 probe_size: int | None = 32, hvp: str = "auto", min_cold: int | None = 6) -> None:
+                 probe_size: int | None = 32, hvp: str = "auto", min_cold: int | None = 6,
+                 split: bool = True) -> None:
         super().__init__(schedule)
+        if not isinstance(split, bool):
+            raise ValueError(f"split must be True or False, got {split!r}")
+        self.split = split
         from geomonitor.sharpness import SharpnessEstimator
 
         positive_int("max_hvp", max_hvp)
@@ -95,8 +122,15 @@ class SharpnessFamily(Family):
         batch = ctx.probe_batch if self.probe_size is None else head(ctx.probe_batch, self.probe_size)
         opt = ctx.optimizer
         lr = float(opt.param_groups[0]["lr"]) if opt is not None else None
+        split = None
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            n = batch_size(batch)
+            if n is None:
+                raise TypeError("the probe batch holds no tensor to split across ranks")
+            split = layout([p for p in module.parameters() if p.requires_grad], n, split=self.split)
+            batch = head(batch, split.share)
         res = self.estimator.measure(module, lambda: as_loss(loss_fn(module, batch)),
-                                     optimizer=opt, lr=lr)
+                                     optimizer=opt, lr=lr, layout=split)
         out = Measurement(metrics={metric_key("sharpness"): float(res.sharpness),
                                    metric_key("n_hvp"): float(res.n_hvp)})
         if res.eos_ratio is not None:
