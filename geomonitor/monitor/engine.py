@@ -166,6 +166,7 @@ class Monitor:
         self._epoch = 0
         self._warned: set[str] = set()
         self._outbox: dict[int, dict[str, float]] = {}
+        self._other_states: dict[str, Any] = {}  # checkpointed families not running now
         self._probe_source = probe
         self._probe: ProbeSet | None = None
         self._probe_state: dict[str, Any] | None = None
@@ -260,7 +261,7 @@ class Monitor:
         """Probe set, family states, counters, costs (``torch.load(weights_only=True)``-safe)."""
         probe = self._probe.state_dict() if self._probe is not None else self._probe_state
         return {"version": _STATE_VERSION, "config": dict(self._config), "probe": probe,
-                "families": {f.name: f.state_dict() for f in self.families},
+                "families": {**self._other_states, **{f.name: f.state_dict() for f in self.families}},
                 "errors": dict(self.errors), "skipped": dict(self.skipped),
                 "dropped": dict(self.dropped), "measured": dict(self.measured),
                 "last": dict(self._last), "epoch": self._epoch,
@@ -283,9 +284,7 @@ class Monitor:
         self._probe_state = None if redraw else state.get("probe")
         if self._probe is not None and self._probe_state is not None:
             self._load_probe(self._probe)
-        for fam in self.families:
-            if fam.name in state.get("families", {}):
-                fam.load_state_dict(state["families"][fam.name])
+        self._load_families(dict(state.get("families", {})))
         self.periods.load_state_dict(state.get("periods", {}))
         for name in ("errors", "skipped", "dropped", "measured", "last"):
             setattr(self, name if name != "last" else "_last",
@@ -294,6 +293,23 @@ class Monitor:
         if "cost" in state:
             self.cap.load_state_dict(state["cost"])
             self.cap.start()  # training resumes now: its time until the next step counts
+
+    def _load_families(self, saved: dict[str, Any]) -> None:
+        # each family resumes from its own entry, whatever the others did: one turned on now
+        # starts fresh, one turned off keeps its entry (written back by state_dict) for later
+        names = [f.name for f in self.families]
+        for fam in self.families:
+            if fam.name in saved:
+                fam.load_state_dict(saved[fam.name])
+        self._other_states = {k: v for k, v in saved.items() if k not in names}
+        fresh = [n for n in names if n not in saved]
+        if saved and (fresh or self._other_states):
+            warnings.warn("Monitor resumed with other families than the checkpoint's: "
+                          + "; ".join(filter(None, [
+                              fresh and f"{', '.join(fresh)} start fresh (no state in the checkpoint)",
+                              self._other_states and f"{', '.join(sorted(self._other_states))} "
+                              "not running now (their state is kept in this monitor's state_dict)"]))
+                          + "; every other family resumes", MonitorWarning, stacklevel=3)
 
     @staticmethod
     def check_state(state: Any) -> None:
