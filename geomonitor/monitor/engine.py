@@ -167,6 +167,7 @@ class Monitor:
         self._warned: set[str] = set()
         self._outbox: dict[int, dict[str, float]] = {}
         self._other_states: dict[str, Any] = {}  # checkpointed families not running now
+        self._inflight: list[tuple[int, str]] = []  # background jobs submitted, not yet drained
         self._probe_source = probe
         self._probe: ProbeSet | None = None
         self._probe_state: dict[str, Any] | None = None
@@ -241,8 +242,7 @@ class Monitor:
         finally:
             self._close_families()
         for step, name in cancelled:
-            self.dropped[name] = self.dropped.get(name, 0) + 1
-            self._put(step, {metric_key("dropped", name): float(self.dropped[name])})
+            self._count_drop(name, step)
         delivered: dict[str, float] = {}
         if wait:
             self._drain()
@@ -265,6 +265,7 @@ class Monitor:
                 "errors": dict(self.errors), "skipped": dict(self.skipped),
                 "dropped": dict(self.dropped), "measured": dict(self.measured),
                 "last": dict(self._last), "epoch": self._epoch,
+                "pending": [[s, n] for s, n in self._inflight],
                 "cost": self.cap.state_dict(), "periods": self.periods.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -290,6 +291,8 @@ class Monitor:
             setattr(self, name if name != "last" else "_last",
                     {str(k): int(v) for k, v in state.get(name, {}).items()})
         self._epoch = int(state.get("epoch", 0))
+        for step, name in state.get("pending", []):  # in flight at the save: lost, counted
+            self._count_drop(str(name), int(step))
         if "cost" in state:
             self.cap.load_state_dict(state["cost"])
             self.cap.start()  # training resumes now: its time until the next step counts
@@ -431,10 +434,10 @@ class Monitor:
                 else:
                     if isinstance(result, Measurement):
                         self._emit(fam.name, step, result)
-                    elif not self._worker.submit(step, _timed(fam.name, result, self._cpu_clock),
-                                                 fam.name):
-                        self.dropped[fam.name] = self.dropped.get(fam.name, 0) + 1
-                        self._put(step, {metric_key("dropped", fam.name): float(self.dropped[fam.name])})
+                    elif self._worker.submit(step, _timed(fam.name, result, self._cpu_clock), fam.name):
+                        self._inflight.append((step, fam.name))
+                    else:
+                        self._count_drop(fam.name, step)
                         self._warn_once(f"{fam.name}/dropped", f"{fam.name} measurement at step "
                                         f"{step} dropped: {self._worker.max_pending} still pending")
                 self.cap.charge(fam.name, self.cap.clock() - t0)
@@ -442,6 +445,10 @@ class Monitor:
 
     def _drain(self) -> None:
         for step, result, error in self._worker.drain():
+            done = next((j for j in self._inflight if j[0] == step
+                         and (error is not None or j[1] == result[0])), None)
+            if done is not None:
+                self._inflight.remove(done)
             if error is not None:  # the job wrapper itself failed
                 self._fail("worker", error, step)
                 continue
@@ -478,6 +485,12 @@ class Monitor:
             for key, value in items.items():
                 args = (key, value, step) if method == "log_diagram" else (key, *value, step)
                 self._call_sink(method, *args)
+
+    def _count_drop(self, name: str, step: int) -> None:
+        if (step, name) in self._inflight:
+            self._inflight.remove((step, name))
+        self.dropped[name] = self.dropped.get(name, 0) + 1
+        self._put(step, {metric_key("dropped", name): float(self.dropped[name])})
 
     def _put(self, step: int, metrics: Mapping[str, float]) -> None:
         self._outbox.setdefault(step, {}).update({k: float(v) for k, v in metrics.items()})

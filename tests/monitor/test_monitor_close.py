@@ -184,3 +184,36 @@ def test_the_topology_child_leaves_nice_19_before_close_waits():
         pytest.skip("lowering a nice value is not permitted here")
     assert seen == [os.getpriority(os.PRIO_PROCESS, 0)]
     assert ripser.pid is None  # and the child is gone
+
+
+def test_a_job_pending_at_the_save_is_counted_as_dropped_after_the_resume():
+    # the checkpoint is written while the step-1 job is still running (a SIGKILL then loses it):
+    # the resumed monitor cannot measure step 1 again, so it counts it, at step 1
+    fam = Held("bg")
+    mon = _monitor([fam], Recorder())
+    mon.step(1)
+    assert fam.started.wait(HANG)
+    state = mon.state_dict()
+    assert state["pending"] == [[1, "bg"]] and state["last"] == {"bg": 1}
+    fam.release.set()
+    mon.close()
+    assert mon.state_dict()["pending"] == []  # finished and drained: nothing pending
+
+    again, rec = Held("bg"), Recorder()
+    again.release.set()
+    resumed = _monitor([again], rec)
+    resumed.load_state_dict(torch.load(_saved(state), weights_only=True))
+    assert resumed.dropped == {"bg": 1} and resumed.state_dict()["pending"] == []
+    resumed.step(2)
+    resumed.close()
+    assert rec.values(metric_key("dropped", "bg")) == [(1, 1.0)]
+    assert rec.values(metric_key("ph", "bg", "h1_n_bars")) == [(2, 2.0)]
+
+
+def _saved(state):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return buf
