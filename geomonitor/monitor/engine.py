@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from geomonitor.monitor.cost import PAUSED, CostCap, run_length
+from geomonitor.monitor.delivery import SinkCaller
 from geomonitor.monitor.family import Context, Family, Measurement
 from geomonitor.monitor.keys import metric_key
 from geomonitor.monitor.layers import LayerSelector, capture_activations
@@ -144,6 +145,7 @@ class Monitor:
         self.model = unwrap_model(model)
         self.families = families
         self.sink = as_sink(sink)
+        self._sinks = SinkCaller(self.sink, self.sink_timeout)
         self.forward_fn = forward_fn or default_forward
         self.loss_fn = loss_fn
         self.probe_size, self.probe_seed = probe_size, probe_seed
@@ -214,6 +216,8 @@ class Monitor:
 
     #: seconds ``close(wait=True)`` may always wait (a first measurement has no cost yet)
     close_wait_floor = 10.0
+    #: seconds the training thread waits for one sink call (:mod:`geomonitor.monitor.delivery`)
+    sink_timeout = 10.0
 
     def close(self, wait: bool = True) -> dict[str, float]:
         """Finish (``wait=True``) or cancel pending background work, deliver what finished,
@@ -248,6 +252,8 @@ class Monitor:
             self._drain()
             delivered = self._deliver()
         self._call_sink("flush")
+        self._sinks.close(self.sink_timeout)
+        self._count_sink_errors(self._sinks.late_errors())
         if self.verbose and _rank() == 0 and self._started:
             print(format_summary(self.summary()))
         return delivered
@@ -505,13 +511,32 @@ class Monitor:
         return delivered
 
     def _call_sink(self, method: str, *args: Any) -> None:
+        # on the sink's own thread, awaited at most sink_timeout: a hung logger never stalls
+        self._sinks.timeout = self.sink_timeout
+        failed = self._sinks.late_errors()
         try:
-            getattr(self.sink, method)(*args)
+            outcome = self._sinks.call(method, *args)
         except Exception as exc:  # noqa: BLE001 - a failing logger never stops training
-            if self.strict:
-                raise
+            failed.append((method, exc))
+            outcome = None
+        self._count_sink_errors(failed)
+        if outcome == "dropped":  # a value lost: counted like a failed call
             self.errors["sink"] = self.errors.get("sink", 0) + 1
-            self._warn_once(f"sink/{method}", f"the sink failed in {method}: {exc!r}; training "
+        if outcome in ("timeout", "dropped"):
+            if self.strict:
+                raise TimeoutError(f"the sink did not return from {method} within "
+                                   f"{self.sink_timeout} s")
+            self._warn_once("sink/timeout", f"the sink did not return from {method} within "
+                            f"{self.sink_timeout} s (Monitor.sink_timeout); training continues, "
+                            f"later values wait for it (at most {self._sinks.max_queued} calls, "
+                            "further ones dropped and counted in geometry/errors)")
+
+    def _count_sink_errors(self, failed: list[tuple[str, BaseException]]) -> None:
+        for name, exc in failed:
+            if self.strict:
+                raise exc
+            self.errors["sink"] = self.errors.get("sink", 0) + 1
+            self._warn_once(f"sink/{name}", f"the sink failed in {name}: {exc!r}; training "
                             "continues")
 
     def _fail(self, kind: str, exc: BaseException, step: int) -> None:
