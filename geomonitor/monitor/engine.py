@@ -49,6 +49,7 @@ from geomonitor.monitor.model_io import (default_forward, make_probe, model_devi
                                          torch_broadcast, unwrap_model)
 from geomonitor.monitor.periods import Periods
 from geomonitor.monitor.probe import ProbeSet
+from geomonitor.monitor.ranks import agree, world_size
 from geomonitor.monitor.sink import as_sink
 from geomonitor.monitor.summary import format_summary, period_text, summarize
 from geomonitor.monitor.worker import BackgroundWorker
@@ -170,6 +171,7 @@ class Monitor:
         self._outbox: dict[int, dict[str, float]] = {}
         self._other_states: dict[str, Any] = {}  # checkpointed families not running now
         self._inflight: list[tuple[int, str]] = []  # background jobs submitted, not yet drained
+        self._errors_base: dict[str, int] = {}  # errors at the last agreement (under DDP)
         self._probe_source = probe
         self._probe: ProbeSet | None = None
         self._probe_state: dict[str, Any] | None = None
@@ -212,6 +214,10 @@ class Monitor:
         self._drain()
         if ran and self.cap.fraction is not None:
             self._replan(step)
+        if world_size() > 1:  # every rank delivers the same values, at the asked steps
+            if not due:
+                return {}
+            self._agree(step)
         return self._deliver()
 
     #: seconds ``close(wait=True)`` may always wait (a first measurement has no cost yet)
@@ -250,6 +256,8 @@ class Monitor:
         delivered: dict[str, float] = {}
         if wait:
             self._drain()
+            if world_size() > 1:
+                self._agree(max([*self._outbox, *self._last.values(), 0]))
             delivered = self._deliver()
         self._call_sink("flush")
         self._sinks.close(self.sink_timeout)
@@ -297,6 +305,7 @@ class Monitor:
             setattr(self, name if name != "last" else "_last",
                     {str(k): int(v) for k, v in state.get(name, {}).items()})
         self._epoch = int(state.get("epoch", 0))
+        self._errors_base = dict(self.errors)
         for step, name in state.get("pending", []):  # in flight at the save: lost, counted
             self._count_drop(str(name), int(step))
         if "cost" in state:
@@ -491,6 +500,17 @@ class Monitor:
             for key, value in items.items():
                 args = (key, value, step) if method == "log_diagram" else (key, *value, step)
                 self._call_sink(method, *args)
+
+    def _agree(self, step: int) -> None:
+        # rank 0's values and the failures of every rank (geomonitor.monitor.ranks)
+        before = sum(self._errors_base.values())
+        new = {k: n - self._errors_base.get(k, 0) for k, n in self.errors.items()}
+        self._outbox, added = agree(self._outbox, {k: n for k, n in new.items() if n})
+        self.errors = {k: self._errors_base.get(k, 0) + added.get(k, 0)
+                       for k in {*self._errors_base, *added}}
+        self._errors_base = dict(self.errors)
+        if sum(self.errors.values()) != before:
+            self._put(step, {metric_key("errors"): float(sum(self.errors.values()))})
 
     def _count_drop(self, name: str, step: int) -> None:
         if (step, name) in self._inflight:
