@@ -217,3 +217,36 @@ def _saved(state):
     torch.save(state, buf)
     buf.seek(0)
     return buf
+
+
+class _Now(Family):
+    """An on-thread measurement at every step."""
+
+    needs_probe = False
+    name = "now"
+
+    def __init__(self) -> None:
+        super().__init__(Every(n_steps=1))
+
+    def run(self, ctx):
+        return Measurement(metrics={metric_key("id", "now"): float(ctx.step)})
+
+
+def test_a_background_result_reaches_the_sink_after_later_steps_with_its_own_step():
+    # the documented order: each call carries the step its values describe, ascending within
+    # a call; the held step-1 job is released only after step 2 was delivered
+    held, rec = Held("bg"), Recorder()
+    mon = _monitor([held, _Now()], rec, max_pending=1)  # one job in flight: step 2's is dropped
+    mon.step(1)
+    mon.step(2)
+    held.release.set()
+    worker = mon._worker
+    with worker._cond:
+        assert worker._cond.wait_for(lambda: worker.pending == 0, HANG)
+    mon.step(3)
+    mon.close()
+    bg, now = metric_key("ph", "bg", "h1_n_bars"), metric_key("id", "now")
+    # (step 3's own job may finish before step 3's delivery or at close: left out)
+    order = [(s, k) for s, m in rec.calls for k in sorted(m)
+             if k == now or (k == bg and s < 3)]
+    assert order == [(1, now), (2, now), (1, bg), (3, now)]
