@@ -48,8 +48,9 @@ class _HeldSink:
         self.steps.append(step)
 
 
-def _sink_threads():
-    return [t for t in threading.enumerate() if t.name == "geomonitor-sink"]
+def _sink_threads(mon):
+    t = mon._sinks._thread
+    return [t] if t is not None and t.is_alive() else []
 
 
 def _train(mon, steps):
@@ -89,7 +90,7 @@ def test_training_goes_on_while_the_sink_hangs_and_the_values_follow_in_order():
     mon.close()
     assert sink.steps == [1, 2, 3, 4, 5, 6]  # every value, in step order, after the release
     assert sink.threads == {"geomonitor-sink"}
-    assert _sink_threads() == []
+    assert _sink_threads(mon) == []
 
 
 def test_a_full_queue_drops_and_counts_and_close_does_not_wait_on_a_hung_sink():
@@ -106,9 +107,9 @@ def test_a_full_queue_drops_and_counts_and_close_does_not_wait_on_a_hung_sink():
         assert mon._sinks.dropped == 4 + 1  # 2 and 3 left in the queue, and flush
     finally:
         sink.gate.set()
-    for t in _sink_threads():
-        t.join(HANG)
-    assert _sink_threads() == [] and sink.steps == [1]
+    held = mon._sinks._thread
+    held.join(HANG)  # the released call returns, and its thread ends
+    assert not held.is_alive() and _sink_threads(mon) == [] and sink.steps == [1]
 
 
 def test_a_sink_that_raises_after_a_timeout_is_counted():
@@ -139,6 +140,19 @@ def test_strict_reraises_what_the_sink_raises_in_time():
     with pytest.raises(ValueError, match="bad sink"):
         mon.step(1)
     mon.close(wait=False)
+
+
+def test_an_idle_thread_ends_and_the_next_call_starts_one():
+    seen = []
+    caller = SinkCaller(type("S", (), {"log_metrics": lambda self, m, s: seen.append(s)})(), 1.0)
+    caller.idle_exit = 0.0  # ends as soon as the queue is empty
+    assert caller.call("log_metrics", {}, 1) is None
+    first = caller._thread
+    if first is not None:
+        first.join(HANG)
+    assert caller.call("log_metrics", {}, 2) is None and seen == [1, 2]
+    caller.close()
+    assert caller._thread is None or not caller._thread.is_alive()
 
 
 @pytest.mark.parametrize("kw, msg", [
