@@ -83,7 +83,7 @@ class MonitorCallback(*CALLBACK_BASES):
                  wandb_max_layers: int | None = DEFAULT_MAX_LAYERS) -> None:
         super().__init__()
         self.wandb_max_layers = check_max_layers(wandb_max_layers, "wandb_max_layers")
-        names = [f.name for f in build_families(seed=probe_seed, **options)]  # checks options now
+        build_families(seed=probe_seed, **options)  # checks the options now
         self._options = dict(options)
         self._kwargs = dict(layers=layers, reduce=reduce, probe_size=probe_size,
                             probe_seed=probe_seed, forward_fn=forward_fn, strict=strict,
@@ -91,13 +91,14 @@ class MonitorCallback(*CALLBACK_BASES):
         self.probe_data, self.loss_fn = probe_data, loss_fn
         self.reduce, self.probe_size, self.probe_seed = reduce, probe_size, probe_seed
         self.prog_bar = list(prog_bar or [])
-        self._state_key_value = self._generate_state_key(families=names)
         self.monitor: Monitor | None = None
         self._pending_state: dict[str, Any] | None = None
 
     @property
     def state_key(self) -> str:
-        return self._state_key_value
+        """The class name: one key whatever families run, so turning one on or off at a
+        resume restores the others (each family's state is its own entry)."""
+        return type(self).__qualname__
 
     @property
     def probe(self) -> Any:
@@ -164,6 +165,16 @@ class MonitorCallback(*CALLBACK_BASES):
         self._pending_state = dict(state_dict)
         if self.monitor is not None:
             self.monitor.load_state_dict(self._pending_state)
+
+    def on_load_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        # a checkpoint written when the key also named the families ("GeometryMonitor{'families':
+        # [...]}"): its state is this callback's when it is the only one of its class
+        states = checkpoint.get("callbacks") or {}
+        if self.state_key in states:
+            return
+        old = [k for k in states if isinstance(k, str) and k.startswith(self.state_key + "{")]
+        if len(old) == 1:
+            self.load_state_dict(states[old[0]])
 
     def __getstate__(self) -> dict[str, Any]:
         """A copy carries the monitor's state, not the monitor (threads, the trainer): it

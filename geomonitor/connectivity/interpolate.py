@@ -43,7 +43,9 @@ mode and ``momentum=None`` (a cumulative average), i.e. on the batch(es) ``loss_
 evaluates; then the loss is evaluated in eval mode. ``reset_bn=False`` evaluates the
 interpolated running statistics as they are. Models without BatchNorm are unaffected.
 
-Isolation: everything runs on a ``copy.deepcopy`` of ``model`` in eval mode (dropout off),
+Isolation: everything runs on a copy of ``model`` (:func:`geomonitor._copy.working_copy`: a
+``copy.deepcopy`` that keeps references the copy would drop, such as a LightningModule's
+trainer) in eval mode (dropout off),
 under ``torch.no_grad`` and with the torch / numpy / Python RNG states restored afterwards;
 the user's model, its buffers and the RNG streams are left as they were.
 
@@ -67,7 +69,6 @@ Example:
 """
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -77,6 +78,7 @@ import torch
 from torch import nn
 
 from geomonitor._checks import positive_int
+from geomonitor._copy import working_copy
 from geomonitor.sharpness.isolation import preserved_rng
 
 __all__ = ["DEFINITIONS", "Barrier", "barrier_of", "check_definition", "interpolate_state",
@@ -291,7 +293,7 @@ def loss_barrier(model: nn.Module, state_a: nn.Module | Mapping[str, torch.Tenso
     losses: list[float] = []
     errors: list[float | None] = []
     with preserved_rng(devices), torch.no_grad():
-        work = copy.deepcopy(model).eval()
+        work = working_copy(model).eval()
         bns = [m for m in work.modules() if isinstance(m, _BN) and m.track_running_stats] if reset_bn else []
         pairs = _pairs(work, sa, sb)
         for t in alphas:

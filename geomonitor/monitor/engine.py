@@ -25,7 +25,10 @@ Guarantees: a measurement that raises is counted and warned once per family, and
 continues (``strict=True`` re-raises); a sink that raises is warned once; ``close()``
 finishes pending work (``wait=True``) for at most one measurement's cost, or cancels it
 (cancelled jobs are counted in ``geometry/dropped/<family>``), and no thread or process
-outlives it.
+outlives it (but a sink thread inside a hung call, which ends when the call returns). A sink
+call is awaited at most ``sink_timeout`` seconds (:mod:`geomonitor.monitor.delivery`); under ``torch.distributed`` every rank delivers rank 0's
+values and counts every rank's failures (:mod:`geomonitor.monitor.ranks`); background jobs in
+flight at a ``state_dict`` are counted as dropped by the run that resumes from it.
 
 Cost between due steps: a few comparisons per family.
 """
@@ -41,6 +44,7 @@ import torch
 from torch import nn
 
 from geomonitor.monitor.cost import PAUSED, CostCap, run_length
+from geomonitor.monitor.delivery import SinkCaller
 from geomonitor.monitor.family import Context, Family, Measurement
 from geomonitor.monitor.keys import metric_key
 from geomonitor.monitor.layers import LayerSelector, capture_activations
@@ -48,6 +52,7 @@ from geomonitor.monitor.model_io import (default_forward, make_probe, model_devi
                                          torch_broadcast, unwrap_model)
 from geomonitor.monitor.periods import Periods
 from geomonitor.monitor.probe import ProbeSet, size_warning
+from geomonitor.monitor.ranks import agree, world_size
 from geomonitor.monitor.sink import as_sink
 from geomonitor.monitor.summary import format_summary, period_text, summarize
 from geomonitor.monitor.worker import BackgroundWorker
@@ -144,6 +149,7 @@ class Monitor:
         self.model = unwrap_model(model)
         self.families = families
         self.sink = as_sink(sink)
+        self._sinks = SinkCaller(self.sink, self.sink_timeout)
         self.forward_fn = forward_fn or default_forward
         self.loss_fn = loss_fn
         self.probe_size, self.probe_seed = probe_size, probe_seed
@@ -166,6 +172,9 @@ class Monitor:
         self._epoch = 0
         self._warned: set[str] = set()
         self._outbox: dict[int, dict[str, float]] = {}
+        self._other_states: dict[str, Any] = {}  # checkpointed families not running now
+        self._inflight: list[tuple[int, str]] = []  # background jobs submitted, not yet drained
+        self._errors_base: dict[str, int] = {}  # errors at the last agreement (under DDP)
         self._probe_source = probe
         self._probe: ProbeSet | None = None
         self._probe_state: dict[str, Any] | None = None
@@ -208,10 +217,16 @@ class Monitor:
         self._drain()
         if ran and self.cap.fraction is not None:
             self._replan(step)
+        if world_size() > 1:  # every rank delivers the same values, at the asked steps
+            if not due:
+                return {}
+            self._agree(step)
         return self._deliver()
 
     #: seconds ``close(wait=True)`` may always wait (a first measurement has no cost yet)
     close_wait_floor = 10.0
+    #: seconds the training thread waits for one sink call (:mod:`geomonitor.monitor.delivery`)
+    sink_timeout = 10.0
 
     def close(self, wait: bool = True) -> dict[str, float]:
         """Finish (``wait=True``) or cancel pending background work, deliver what finished,
@@ -240,13 +255,16 @@ class Monitor:
         finally:
             self._close_families()
         for step, name in cancelled:
-            self.dropped[name] = self.dropped.get(name, 0) + 1
-            self._put(step, {metric_key("dropped", name): float(self.dropped[name])})
+            self._count_drop(name, step)
         delivered: dict[str, float] = {}
         if wait:
             self._drain()
+            if world_size() > 1:
+                self._agree(max([*self._outbox, *self._last.values(), 0]))
             delivered = self._deliver()
         self._call_sink("flush")
+        self._sinks.close(self.sink_timeout)
+        self._count_sink_errors(self._sinks.late_errors())
         if self.verbose and _rank() == 0 and self._started:
             print(format_summary(self.summary()))
         return delivered
@@ -260,10 +278,11 @@ class Monitor:
         """Probe set, family states, counters, costs (``torch.load(weights_only=True)``-safe)."""
         probe = self._probe.state_dict() if self._probe is not None else self._probe_state
         return {"version": _STATE_VERSION, "config": dict(self._config), "probe": probe,
-                "families": {f.name: f.state_dict() for f in self.families},
+                "families": {**self._other_states, **{f.name: f.state_dict() for f in self.families}},
                 "errors": dict(self.errors), "skipped": dict(self.skipped),
                 "dropped": dict(self.dropped), "measured": dict(self.measured),
                 "last": dict(self._last), "epoch": self._epoch,
+                "pending": [[s, n] for s, n in self._inflight],
                 "cost": self.cap.state_dict(), "periods": self.periods.state_dict()}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -283,17 +302,35 @@ class Monitor:
         self._probe_state = None if redraw else state.get("probe")
         if self._probe is not None and self._probe_state is not None:
             self._load_probe(self._probe)
-        for fam in self.families:
-            if fam.name in state.get("families", {}):
-                fam.load_state_dict(state["families"][fam.name])
+        self._load_families(dict(state.get("families", {})))
         self.periods.load_state_dict(state.get("periods", {}))
         for name in ("errors", "skipped", "dropped", "measured", "last"):
             setattr(self, name if name != "last" else "_last",
                     {str(k): int(v) for k, v in state.get(name, {}).items()})
         self._epoch = int(state.get("epoch", 0))
+        self._errors_base = dict(self.errors)
+        for step, name in state.get("pending", []):  # in flight at the save: lost, counted
+            self._count_drop(str(name), int(step))
         if "cost" in state:
             self.cap.load_state_dict(state["cost"])
             self.cap.start()  # training resumes now: its time until the next step counts
+
+    def _load_families(self, saved: dict[str, Any]) -> None:
+        # each family resumes from its own entry, whatever the others did: one turned on now
+        # starts fresh, one turned off keeps its entry (written back by state_dict) for later
+        names = [f.name for f in self.families]
+        for fam in self.families:
+            if fam.name in saved:
+                fam.load_state_dict(saved[fam.name])
+        self._other_states = {k: v for k, v in saved.items() if k not in names}
+        fresh = [n for n in names if n not in saved]
+        if saved and (fresh or self._other_states):
+            warnings.warn("Monitor resumed with other families than the checkpoint's: "
+                          + "; ".join(filter(None, [
+                              fresh and f"{', '.join(fresh)} start fresh (no state in the checkpoint)",
+                              self._other_states and f"{', '.join(sorted(self._other_states))} "
+                              "not running now (their state is kept in this monitor's state_dict)"]))
+                          + "; every other family resumes", MonitorWarning, stacklevel=3)
 
     @staticmethod
     def check_state(state: Any) -> None:
@@ -420,10 +457,10 @@ class Monitor:
                 else:
                     if isinstance(result, Measurement):
                         self._emit(fam.name, step, result)
-                    elif not self._worker.submit(step, _timed(fam.name, result, self._cpu_clock),
-                                                 fam.name):
-                        self.dropped[fam.name] = self.dropped.get(fam.name, 0) + 1
-                        self._put(step, {metric_key("dropped", fam.name): float(self.dropped[fam.name])})
+                    elif self._worker.submit(step, _timed(fam.name, result, self._cpu_clock), fam.name):
+                        self._inflight.append((step, fam.name))
+                    else:
+                        self._count_drop(fam.name, step)
                         self._warn_once(f"{fam.name}/dropped", f"{fam.name} measurement at step "
                                         f"{step} dropped: {self._worker.max_pending} still pending")
                 self.cap.charge(fam.name, self.cap.clock() - t0)
@@ -431,6 +468,10 @@ class Monitor:
 
     def _drain(self) -> None:
         for step, result, error in self._worker.drain():
+            done = next((j for j in self._inflight if j[0] == step
+                         and (error is not None or j[1] == result[0])), None)
+            if done is not None:
+                self._inflight.remove(done)
             if error is not None:  # the job wrapper itself failed
                 self._fail("worker", error, step)
                 continue
@@ -469,6 +510,23 @@ class Monitor:
                 args = (key, value, step) if method == "log_diagram" else (key, *value, step)
                 self._call_sink(method, *args)
 
+    def _agree(self, step: int) -> None:
+        # rank 0's values and the failures of every rank (geomonitor.monitor.ranks)
+        before = sum(self._errors_base.values())
+        new = {k: n - self._errors_base.get(k, 0) for k, n in self.errors.items()}
+        self._outbox, added = agree(self._outbox, {k: n for k, n in new.items() if n})
+        self.errors = {k: self._errors_base.get(k, 0) + added.get(k, 0)
+                       for k in {*self._errors_base, *added}}
+        self._errors_base = dict(self.errors)
+        if sum(self.errors.values()) != before:
+            self._put(step, {metric_key("errors"): float(sum(self.errors.values()))})
+
+    def _count_drop(self, name: str, step: int) -> None:
+        if (step, name) in self._inflight:
+            self._inflight.remove((step, name))
+        self.dropped[name] = self.dropped.get(name, 0) + 1
+        self._put(step, {metric_key("dropped", name): float(self.dropped[name])})
+
     def _put(self, step: int, metrics: Mapping[str, float]) -> None:
         self._outbox.setdefault(step, {}).update({k: float(v) for k, v in metrics.items()})
 
@@ -482,13 +540,32 @@ class Monitor:
         return delivered
 
     def _call_sink(self, method: str, *args: Any) -> None:
+        # on the sink's own thread, awaited at most sink_timeout: a hung logger never stalls
+        self._sinks.timeout = self.sink_timeout
+        failed = self._sinks.late_errors()
         try:
-            getattr(self.sink, method)(*args)
+            outcome = self._sinks.call(method, *args)
         except Exception as exc:  # noqa: BLE001 - a failing logger never stops training
-            if self.strict:
-                raise
+            failed.append((method, exc))
+            outcome = None
+        self._count_sink_errors(failed)
+        if outcome == "dropped":  # a value lost: counted like a failed call
             self.errors["sink"] = self.errors.get("sink", 0) + 1
-            self._warn_once(f"sink/{method}", f"the sink failed in {method}: {exc!r}; training "
+        if outcome in ("timeout", "dropped"):
+            if self.strict:
+                raise TimeoutError(f"the sink did not return from {method} within "
+                                   f"{self.sink_timeout} s")
+            self._warn_once("sink/timeout", f"the sink did not return from {method} within "
+                            f"{self.sink_timeout} s (Monitor.sink_timeout); training continues, "
+                            f"later values wait for it (at most {self._sinks.max_queued} calls, "
+                            "further ones dropped and counted in geometry/errors)")
+
+    def _count_sink_errors(self, failed: list[tuple[str, BaseException]]) -> None:
+        for name, exc in failed:
+            if self.strict:
+                raise exc
+            self.errors["sink"] = self.errors.get("sink", 0) + 1
+            self._warn_once(f"sink/{name}", f"the sink failed in {name}: {exc!r}; training "
                             "continues")
 
     def _fail(self, kind: str, exc: BaseException, step: int) -> None:

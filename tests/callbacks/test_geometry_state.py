@@ -9,6 +9,7 @@ from pytorch_lightning.loggers import Logger
 
 
 from geomonitor.callbacks import GeometryMonitor, SharpnessMonitor
+from geomonitor.monitor.engine import MonitorWarning
 
 
 class _Net(pl.LightningModule):
@@ -113,3 +114,57 @@ def test_resumed_fit_continues_the_same_series(tmp_path):
         assert [s for s, _ in got] == [s for s, _ in want], key
         assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-5), key
     assert resumed.monitor._last["sharpness"] == 8
+
+
+def _switched_monitor():
+    # the same sharpness, ID and symmetry as _monitor(); neural persistence off, connectivity on
+    return GeometryMonitor(max_overhead=None, layers=["fc1"], probe_size=32, sharpness_every_n_steps=2,
+                           sharpness_max_hvp=2, id_every_n_steps=2,
+                           topology_every_n_steps=None, topology_every_n_epochs=None,
+                           np_every_n_steps=None, np_every_n_epochs=None,
+                           connectivity_every_n_steps=2, strict=True)
+
+
+def test_turning_a_family_on_or_off_at_resume_keeps_the_others_state(tmp_path, capsys):
+    full = _Memory()
+    _trainer(_monitor(), full, tmp_path / "a", 2).fit(_Net(), _loader())
+    first, second = _Memory(), _Memory()
+    trainer = _trainer(_monitor(), first, tmp_path / "b", 1)
+    trainer.fit(_Net(), _loader())
+    ckpt = tmp_path / "half.ckpt"
+    trainer.save_checkpoint(ckpt)
+    capsys.readouterr()
+    resumed = _switched_monitor()
+    with pytest.warns(MonitorWarning, match=r"connectivity start fresh.*neural_persistence not running now"):
+        _trainer(resumed, second, tmp_path / "c", 2).fit(_Net(), _loader(), ckpt_path=ckpt)
+    assert "Please add the following callbacks" not in capsys.readouterr().err
+
+    def series(rows, key):
+        return [(s, v) for s, k, v in rows if k == key]
+
+    for key in ("geometry/sharpness", "geometry/id/fc1"):  # the warm start and probe set survive
+        want = series(full.rows, key)
+        got = series(first.rows, key) + series(second.rows, key)
+        assert [s for s, _ in got] == [s for s, _ in want], key
+        assert [v for _, v in got] == pytest.approx([v for _, v in want], rel=1e-5), key
+    assert resumed.monitor._last["sharpness"] == 8 and resumed.monitor.measured["sharpness"] == 4
+    assert [s for s, k, _ in second.rows if k == "geometry/connectivity/barrier"] == [8]
+    # the family turned off keeps its entry: turned on again later, it resumes from it
+    saved = torch.load(ckpt, weights_only=True)["callbacks"]["GeometryMonitor"]["families"]
+    state = resumed.state_dict()["families"]
+    assert set(state) == {"id", "sharpness", "neural_persistence", "symmetry", "connectivity"}
+    assert _equal(state["neural_persistence"], saved["neural_persistence"])
+
+
+def test_a_checkpoint_keyed_by_the_family_list_still_resumes(tmp_path):
+    trainer = _trainer(_monitor(), False, tmp_path / "b", 1)
+    trainer.fit(_Net(), _loader())
+    ckpt = tmp_path / "half.ckpt"
+    trainer.save_checkpoint(ckpt)
+    data = torch.load(ckpt, weights_only=False)
+    old_key = "GeometryMonitor{'families': ['id', 'sharpness', 'neural_persistence']}"
+    data["callbacks"] = {old_key: data["callbacks"].pop("GeometryMonitor")}
+    torch.save(data, tmp_path / "old.ckpt")
+    resumed = _monitor()
+    _trainer(resumed, False, tmp_path / "c", 2).fit(_Net(), _loader(), ckpt_path=tmp_path / "old.ckpt")
+    assert resumed.monitor.measured["sharpness"] == 4 and resumed.monitor._last["sharpness"] == 8

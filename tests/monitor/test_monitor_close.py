@@ -184,3 +184,69 @@ def test_the_topology_child_leaves_nice_19_before_close_waits():
         pytest.skip("lowering a nice value is not permitted here")
     assert seen == [os.getpriority(os.PRIO_PROCESS, 0)]
     assert ripser.pid is None  # and the child is gone
+
+
+def test_a_job_pending_at_the_save_is_counted_as_dropped_after_the_resume():
+    # the checkpoint is written while the step-1 job is still running (a SIGKILL then loses it):
+    # the resumed monitor cannot measure step 1 again, so it counts it, at step 1
+    fam = Held("bg")
+    mon = _monitor([fam], Recorder())
+    mon.step(1)
+    assert fam.started.wait(HANG)
+    state = mon.state_dict()
+    assert state["pending"] == [[1, "bg"]] and state["last"] == {"bg": 1}
+    fam.release.set()
+    mon.close()
+    assert mon.state_dict()["pending"] == []  # finished and drained: nothing pending
+
+    again, rec = Held("bg"), Recorder()
+    again.release.set()
+    resumed = _monitor([again], rec)
+    resumed.load_state_dict(torch.load(_saved(state), weights_only=True))
+    assert resumed.dropped == {"bg": 1} and resumed.state_dict()["pending"] == []
+    resumed.step(2)
+    resumed.close()
+    assert rec.values(metric_key("dropped", "bg")) == [(1, 1.0)]
+    assert rec.values(metric_key("ph", "bg", "h1_n_bars")) == [(2, 2.0)]
+
+
+def _saved(state):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return buf
+
+
+class _Now(Family):
+    """An on-thread measurement at every step."""
+
+    needs_probe = False
+    name = "now"
+
+    def __init__(self) -> None:
+        super().__init__(Every(n_steps=1))
+
+    def run(self, ctx):
+        return Measurement(metrics={metric_key("id", "now"): float(ctx.step)})
+
+
+def test_a_background_result_reaches_the_sink_after_later_steps_with_its_own_step():
+    # the documented order: each call carries the step its values describe, ascending within
+    # a call; the held step-1 job is released only after step 2 was delivered
+    held, rec = Held("bg"), Recorder()
+    mon = _monitor([held, _Now()], rec, max_pending=1)  # one job in flight: step 2's is dropped
+    mon.step(1)
+    mon.step(2)
+    held.release.set()
+    worker = mon._worker
+    with worker._cond:
+        assert worker._cond.wait_for(lambda: worker.pending == 0, HANG)
+    mon.step(3)
+    mon.close()
+    bg, now = metric_key("ph", "bg", "h1_n_bars"), metric_key("id", "now")
+    # (step 3's own job may finish before step 3's delivery or at close: left out)
+    order = [(s, k) for s, m in rec.calls for k in sorted(m)
+             if k == now or (k == bg and s < 3)]
+    assert order == [(1, now), (2, now), (1, bg), (3, now)]

@@ -124,3 +124,47 @@ def test_dict_batches_name_forward_fn_in_the_error():
                  probe_size=8)
     assert "geometry/id/fc" in ok.step(1) and ok.errors == {}
     ok.close()
+
+
+def test_a_family_turned_off_and_on_again_across_resumes_keeps_its_state():
+    # sharpness and ID at step 1; resumed without sharpness (its entry kept, one warning),
+    # then with it again: its warm start is the step-1 one, bit for bit
+    state = _state_after_one_step(id_every_n_steps=1)
+    saved = state["families"]["sharpness"]["estimator"]["eigenvectors"]
+    model, loader = _setup()
+    off = _monitor(model, loader, id_every_n_steps=1, sharpness_every_n_steps=None)
+    with pytest.warns(MonitorWarning, match=r"other families than the checkpoint's: sharpness not "
+                      r"running now .*every other family resumes"):
+        off.load_state_dict(state)
+    off.step(2)
+    middle = torch.load(_buffer(off.state_dict()), weights_only=True)
+    off.close()
+    assert set(middle["families"]) == {"id", "sharpness"} and middle["last"]["id"] == 2
+    model, loader = _setup()
+    on = _monitor(model, loader, id_every_n_steps=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the same families as the checkpoint: silent
+        on.load_state_dict(middle)
+    sharp = next(f for f in on.families if f.name == "sharpness")
+    assert torch.equal(sharp.estimator._vectors, saved)
+    on.close()
+
+
+def test_a_family_new_at_the_resume_starts_fresh_with_a_warning():
+    state = _state_after_one_step()
+    model, loader = _setup()
+    mon = _monitor(model, loader, id_every_n_steps=1)
+    with pytest.warns(MonitorWarning, match=r"id start fresh \(no state in the checkpoint\); "
+                      r"every other family resumes"):
+        mon.load_state_dict(state)
+    assert mon.measured == {"sharpness": 1} and "id" not in mon._last
+    mon.close()
+
+
+def _buffer(state):
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return buf

@@ -66,6 +66,7 @@ import torch
 from torch import nn
 
 from geomonitor._checks import positive_int
+from geomonitor._copy import working_copy
 from geomonitor.connectivity.interpolate import loss_barrier
 from geomonitor.monitor.family import Context, Family, Measurement
 from geomonitor.monitor.keys import metric_key
@@ -262,7 +263,7 @@ class ConnectivityFamily(Family):
         children = []
         for _ in range(2):
             with torch.no_grad():
-                child = copy.deepcopy(model)
+                child = working_copy(model)
             opt = copy_optimizer(optimizer, model, child)
             with torch.enable_grad():
                 for _ in range(self.instability_steps):
