@@ -26,9 +26,10 @@ continues (``strict=True`` re-raises); a sink that raises is warned once; ``clos
 finishes pending work (``wait=True``) for at most one measurement's cost, or cancels it
 (cancelled jobs are counted in ``geometry/dropped/<family>``), and no thread or process
 outlives it (but a sink thread inside a hung call, which ends when the call returns). A sink
-call is awaited at most ``sink_timeout`` seconds (:mod:`geomonitor.monitor.delivery`); under ``torch.distributed`` every rank delivers rank 0's
-values and counts every rank's failures (:mod:`geomonitor.monitor.ranks`); background jobs in
-flight at a ``state_dict`` are counted as dropped by the run that resumes from it.
+call is awaited at most ``sink_timeout`` seconds (:mod:`geomonitor.monitor.delivery`); under
+``torch.distributed`` every rank delivers rank 0's values and counts every rank's failures
+(:mod:`geomonitor.monitor.ranks`); background jobs in flight at a ``state_dict`` are counted
+as dropped by the run that resumes from it.
 
 Cost between due steps: a few comparisons per family.
 """
