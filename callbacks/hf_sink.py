@@ -78,7 +78,12 @@ class LogHistorySink:
         handler: the Trainer's ``CallbackHandler`` (its integrations get the values), or None.
         args: the ``TrainingArguments`` the integrations are called with.
         wandb_max_layers: see :class:`~geomonitor.callbacks.sinks.WandbSink` ``max_layers``.
+
+    Called on the training thread (``caller_thread``): the integrations keep per-thread state
+    (MLflow's active run), as the Trainer's own logging to them is.
     """
+
+    caller_thread = True
 
     def __init__(self, state: Any, wandb: bool = False, handler: Any = None, args: Any = None,
                  wandb_max_layers: int | None = DEFAULT_MAX_LAYERS) -> None:

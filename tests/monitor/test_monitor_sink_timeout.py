@@ -163,3 +163,34 @@ def test_an_idle_thread_ends_and_the_next_call_starts_one():
 def test_sink_caller_rejects_bad_arguments(kw, msg):
     with pytest.raises(ValueError, match=msg):
         SinkCaller(object(), **kw)
+
+
+class _ThreadBound:
+    """A sink with per-thread state (as MLflow's active run): it asks for the caller's thread."""
+
+    caller_thread = True
+
+    def __init__(self) -> None:
+        self.threads: list[str] = []
+        self.steps: list[int] = []
+
+    def log_metrics(self, metrics, step):
+        self.threads.append(threading.current_thread().name)
+        self.steps.append(step)
+
+
+@pytest.mark.parametrize("wrap", ["bare", "list"])
+def test_a_sink_bound_to_its_thread_is_called_on_the_training_thread(wrap):
+    from geomonitor.monitor.delivery import on_caller_thread
+    from geomonitor.monitor.sink import as_sink
+
+    sink = _ThreadBound()
+    given = sink if wrap == "bare" else [_HeldSink(hold_from=10**9), sink]
+    assert on_caller_thread(as_sink(given)) and not on_caller_thread(as_sink(_HeldSink()))
+    mon = Monitor(nn.Linear(2, 2), sink=given, families=[_Norm()], max_overhead=None, verbose=False)
+    for s in (1, 2, 3):
+        mon.step(s)
+    mon.close()
+    main = threading.current_thread().name
+    assert sink.steps == [1, 2, 3] and set(sink.threads) == {main}
+    assert mon._sinks._thread is None  # no sink thread was started
