@@ -52,7 +52,7 @@ def _number(v: Any) -> float | None:
 
 _GEOMETRY_STEPS = ("geometry/step", "trainer/global_step", "train/global_step")
 _LOOP_STEPS = ("trainer/global_step", "train/global_step")
-_TABLE_SUFFIXES = ("_table", "/table", "/plot_table")
+_TABLE_SUFFIXES = ("/plot_table", "/table", "_table")
 
 
 def _pick(row: dict[str, Any], names: tuple[str, ...]) -> int:

@@ -106,9 +106,11 @@ def test_wandb_tables_are_the_diagrams_and_profile(fit):
         assert len(h1) == reference[(r.step, "geometry/ph/fc2/h1_n_bars")]
     profiles = [r for r in tables if r.key == "geometry/id_profile"]
     assert profiles
-    for r in profiles:
-        assert [d[1] for d in r.value.data] == ["fc1", "fc2"]
-        assert [d[2] for d in r.value.data] == pytest.approx(
+    for r in profiles:  # the line-series table: the rows of every step so far, this one's too
+        col = {c: i for i, c in enumerate(r.value.columns)}
+        now = [d for d in r.value.data if d[col["step"]] == r.step]
+        assert [d[col["layer"]] for d in now] == ["fc1", "fc2"]
+        assert [d[col["value"]] for d in now] == pytest.approx(
             [reference[(r.step, f"geometry/id/{n}")] for n in ("fc1", "fc2")], rel=1e-12)
 
 
@@ -127,12 +129,13 @@ def test_report_of_each_logger(fit, kind, tmp_path):
 
 
 def test_wandb_tables_are_read_under_either_name_once(wandb_dir):
-    """A table logged as ``<key>/table``, as a plot (``<key>/plot_table``) or both is one row."""
+    """A table logged as ``<key>/table``, as a plot (``<key>/plot_table``) or both (earlier
+    versions), or as a chart under ``<key>`` (``<key>_table``) is one row."""
     import wandb
 
     run = wandb.init(project="tables", dir=str(wandb_dir), mode="offline")
     data = [[0, 0.0, 0.5], [1, 0.25, 0.75]]
-    ways = {"fc1": ("table",), "fc2": ("plot",), "fc3": ("table", "plot")}
+    ways = {"fc1": ("table",), "fc2": ("plot",), "fc3": ("table", "plot"), "fc4": ("chart",)}
     for step in (3, 7):
         row = {"geometry/step": step, "geometry/ph/fc1/h1_n_bars": 1.0}
         for layer, logged_as in ways.items():
@@ -142,6 +145,8 @@ def test_wandb_tables_are_read_under_either_name_once(wandb_dir):
                 row[f"geometry/ph/{layer}/diagram/table"] = table
             if "plot" in logged_as:
                 row[f"geometry/ph/{layer}/diagram/plot"] = wandb.plot.scatter(table, "birth", "death")
+            if "chart" in logged_as:
+                row[f"geometry/ph/{layer}/diagram"] = wandb.plot.scatter(table, "birth", "death")
         run.log(row)
     run.finish()
     rows = read_run(os.path.dirname(wandb_offline.find_run_file(str(wandb_dir))))
