@@ -397,3 +397,41 @@ def test_the_engine_runs_one_probe_forward_for_symmetry_and_intrinsic_dimension(
         assert mon.measured == {"id": 3, "symmetry": 3} and mon.errors == {}
     finally:
         mon.close()
+
+
+class _Sizes(nn.Module):
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.sizes = net, []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[0])
+        return self.net(x)
+
+
+def test_structure_discovery_runs_on_a_few_probe_samples_and_finds_the_same_pairs():
+    """The first measurement's find_pairs forwards see ``discovery_size`` samples, not the
+    probe set; the pairs are those find_pairs finds on the whole probe set (the reference),
+    with a residual-free MLP and one whose second pair a non-homogeneous op breaks."""
+    from geomonitor.symmetry import find_pairs
+
+    class Shifted(nn.Module):
+        def forward(self, x):
+            return torch.relu(x) + 0.5           # not positively homogeneous: breaks net.2 -> net.4
+
+    torch.manual_seed(0)
+    for mid in (nn.ReLU(), Shifted()):
+        net = _Sizes(nn.Sequential(nn.Linear(6, 10), nn.ReLU(), nn.Linear(10, 8), mid,
+                                   nn.Linear(8, 3)).double())
+        x, y = _digits_like(n=120)
+        reference = find_pairs(net, lambda: net(x))
+        net.sizes.clear()
+        fam = SymmetryFamily(Every(n_steps=1))
+        m = fam.run(_ctx(net, (x, y), forward=lambda mod, b: mod(b[0])))
+        assert m.errors == []
+        assert [(p.a, p.b) for p in fam.structure.pairs] == [(p.a, p.b) for p in reference.pairs]
+        assert fam.structure.skipped == reference.skipped
+        full = [s for s in net.sizes if s == 120]
+        assert len(full) == 1 and all(s == SymmetryFamily.discovery_size for s in net.sizes if s != 120)
+        assert len(net.sizes) >= 3  # the discovery's base and scaled forwards, then the measurement's
+    assert len(reference.pairs) == 1  # the shifted net keeps net.0 -> net.2 only

@@ -53,8 +53,10 @@ Cost per measurement: the engine's shared activation forward on the probe batch,
 pre-hooks read the inputs of the ``b`` layers and of the classifier (reduced in the hooks to
 one value per unit) -- a forward of its own only when another family already ran the shared
 one at this step -- one SVD per weight and per selected layer's (N, D) activations, and two
-hidden x hidden Gram matrices per pair; the first measurement adds the two forwards of
-:func:`find_pairs`. On the training thread (weights change while training
+hidden x hidden Gram matrices per pair; the first measurement adds the forwards of
+:func:`find_pairs` (two, one more per candidate pair that fails the joint check) on the first
+``discovery_size`` (32) probe samples only: whether rescaling a pair's units leaves the output
+unchanged shows on any sample, so structure discovery need not pay for the whole probe set. On the training thread (weights change while training
 continues); the model, its modes and every RNG stream are left as they were.
 
 Example:
@@ -72,6 +74,7 @@ import torch
 from torch import nn
 
 from geomonitor.monitor.family import Context, Family, Measurement
+from geomonitor.monitor.families.sharpness import head
 from geomonitor.monitor.keys import metric_key
 from geomonitor.monitor.schedule import Every
 from geomonitor.symmetry._linalg import as_real, singular_values, top_singular_value
@@ -108,6 +111,8 @@ class SymmetryFamily(Family):
     needs_probe = True
     needs_activations = True
     hooks_shared_forward = True
+    #: probe samples the structure discovery (:func:`find_pairs`) runs on
+    discovery_size = 32
 
     def __init__(self, schedule: Every, *, duplicate_threshold: float = 0.99,
                  max_svd_size: int | None = 1024, rankme_eps: float = 1e-7,
@@ -151,7 +156,8 @@ class SymmetryFamily(Family):
         model = ctx.model
         forward: Callable[[], Any] = lambda: ctx.forward(model, ctx.probe_batch)  # noqa: E731
         if self.structure is None or self._model_id != id(model):
-            self.structure = find_pairs(model, forward)
+            few = head(ctx.probe_batch, self.discovery_size)
+            self.structure = find_pairs(model, lambda: ctx.forward(model, few))
             self._model_id = id(model)
         st = self.structure
         modules = dict(model.named_modules())
