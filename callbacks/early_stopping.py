@@ -9,15 +9,18 @@ counter, else count; stop when the counter reaches the patience ``g``. No valida
 needed: the criterion reads the weights only.
 
 :class:`NeuralPersistenceEarlyStopping` is Lightning's ``EarlyStopping`` with
-``monitor="geometry/neural_persistence/mean"`` and ``mode="max"``: at every training-epoch end
-it computes the value with
+``monitor="geometry/neural_persistence/mean"`` and ``mode="max"``, a thin adapter over the
+framework-free rule :class:`geomonitor.monitor.early_stopping.NeuralPersistenceStopping` (the
+one definition of the criterion, which plain loops and the Hugging Face callback use too). At
+every training-epoch end it computes the value with
 :func:`geomonitor.monitor.families.neural_persistence.neural_persistence_metrics` -- the one
 definition the monitor's neural-persistence family uses too (Linear, Conv and Hugging Face
 ``Conv1D`` layers) -- logs it (and the per-layer values under
 ``geometry/neural_persistence/<layer>``) through :class:`TrainerSink` -- which also puts it
-in ``trainer.callback_metrics`` -- and then runs the
-parent's check, so patience, ``min_delta``, ``stopping_threshold``, ``check_finite``,
-``verbose``, the DDP-consistent stop decision and the checkpointed state are Lightning's own.
+in ``trainer.callback_metrics`` -- and runs the parent's check, whose decision is the rule's
+(:attr:`rule`; ``wait_count`` and ``best_score`` mirror it); the DDP-consistent stop decision
+(any rank stops every rank), ``verbose`` and ``stopped_epoch`` are Lightning's own. The
+checkpointed state is Lightning's plus the rule's ``state_dict`` under ``"rule"``.
 
 Defaults: Algorithm 2's parameters are the patience ``g`` and ``delta_min``; the paper's
 experiments sweep the patience together with a burn-in (epochs before the criterion is
@@ -39,17 +42,18 @@ Example:
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from geomonitor.callbacks._lightning import EARLY_STOPPING_BASES
 from geomonitor.callbacks.sinks import trainer_sink
+from geomonitor.monitor.early_stopping import NP_KEY, NeuralPersistenceStopping
 from geomonitor.monitor.families.neural_persistence import neural_persistence_metrics
-from geomonitor.monitor.keys import metric_key
 
 __all__ = ["NeuralPersistenceEarlyStopping", "NP_KEY"]
-
-NP_KEY = metric_key("neural_persistence", summary="mean")
 
 
 class NeuralPersistenceEarlyStopping(*EARLY_STOPPING_BASES):
@@ -65,6 +69,10 @@ class NeuralPersistenceEarlyStopping(*EARLY_STOPPING_BASES):
             on the LightningModule.
         verbose, check_finite, stopping_threshold, divergence_threshold, log_rank_zero_only:
             as in ``EarlyStopping``.
+
+    Attributes:
+        rule: the :class:`~geomonitor.monitor.early_stopping.NeuralPersistenceStopping` that decides.
+        history: the value measured at each epoch end.
     """
 
     def __init__(self, patience: int = 3, min_delta: float = 0.0, burn_in: int = 0, *,
@@ -80,6 +88,10 @@ class NeuralPersistenceEarlyStopping(*EARLY_STOPPING_BASES):
             raise ValueError(f"burn_in must be an int >= 0, got {burn_in!r}")
         if measure is not None and not callable(measure):
             raise ValueError(f"measure must be callable or None, got {measure!r}")
+        self.rule = NeuralPersistenceStopping(patience, float(min_delta), burn_in,
+                                              check_finite=bool(check_finite),
+                                              stopping_threshold=stopping_threshold,
+                                              divergence_threshold=divergence_threshold)
         super().__init__(monitor=NP_KEY, min_delta=float(min_delta), patience=patience, verbose=verbose,
                          mode="max", strict=True, check_finite=check_finite,
                          stopping_threshold=stopping_threshold, divergence_threshold=divergence_threshold,
@@ -95,6 +107,38 @@ class NeuralPersistenceEarlyStopping(*EARLY_STOPPING_BASES):
         if not self.log_per_layer:
             metrics = {NP_KEY: metrics[NP_KEY]}
         trainer_sink(trainer).log_metrics(metrics, step=trainer.global_step)
+        self._epoch = trainer.current_epoch
         if trainer.current_epoch < self.burn_in:
+            self.rule.update(trainer.current_epoch, self.history[-1])  # counted, not checked
             return
         super().on_train_epoch_end(trainer, pl_module)
+
+    def _evaluate_stopping_criteria(self, current: torch.Tensor) -> tuple[bool, str | None]:
+        # the rule decides, on the value as measured (float64; ``current`` is the logged copy)
+        value = self.history[-1] if self.history else float(current)
+        alert = self.rule.update(getattr(self, "_epoch", self.rule.n_seen), value)
+        self.wait_count = self.rule.wait
+        if self.rule.best > -math.inf:
+            self.best_score = torch.tensor(self.rule.best)
+        if alert is None:
+            return False, None
+        reason_enum = getattr(type(self.stopping_reason), {
+            "non_finite": "NON_FINITE_METRIC", "stopping_threshold": "STOPPING_THRESHOLD",
+            "divergence_threshold": "DIVERGENCE_THRESHOLD", "patience": "PATIENCE_EXHAUSTED",
+        }[self.rule.reason], None) if hasattr(self, "stopping_reason") else None
+        if reason_enum is not None:
+            self.stopping_reason = reason_enum
+        return True, f"{alert.text}. Signaling Trainer to stop."
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "rule": self.rule.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        if "rule" in state_dict:
+            self.rule.load_state_dict(state_dict["rule"])
+        else:  # a checkpoint written before the rule: its counter and best value
+            self.rule.reset()
+            best = float(self.best_score)
+            self.rule.best, self.rule.wait = best, int(self.wait_count)
+            self.rule.n_seen = self.burn_in if math.isfinite(best) else 0

@@ -20,6 +20,13 @@ hook                what happens
 ``on_train_end``    ``monitor.close(wait=True)`` if not closed yet
 ==================  ==========================================================================
 
+Early stopping on neural persistence (Rieck et al. 2019): with
+``early_stopping=NeuralPersistenceStopping(patience=...)`` the monitor feeds the rule every
+``geometry/neural_persistence/mean`` it delivers (on the ``np_every_n_*`` schedule; Algorithm 2
+is ``np_every_n_epochs=1, np_every_n_steps=None``), and once it decides,
+``control.should_training_stop`` is set at that ``on_step_end`` / ``on_epoch_end``. The rule is
+reset at each ``train()`` and its state travels with the monitor state (``on_save``, resume).
+
 Defaults fitted to Hugging Face models:
 
 * probe set: ``probe_size`` samples read as ``train_dataset[i]`` (indices drawn once with a
@@ -75,6 +82,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from geomonitor.callbacks import _checks as check
 from geomonitor.callbacks.hf_sink import LogHistorySink, calling_handler
 from geomonitor.callbacks.wandb_layers import DEFAULT_MAX_LAYERS, check_max_layers
+from geomonitor.monitor.early_stopping import NeuralPersistenceStopping
 from geomonitor.monitor.engine import Monitor, MonitorWarning
 from geomonitor.monitor.families import build_families
 from geomonitor.monitor.families.sharpness import as_loss
@@ -172,6 +180,9 @@ class GeometryTrainerCallback(TrainerCallback):
             the mean, min and max over layers past it, with one warning (a W&B project holds
             under 10,000 keys; :mod:`~geomonitor.callbacks.wandb_layers`); ``None``: no limit.
             The other integrations and ``log_history`` get every layer.
+        early_stopping: a :class:`~geomonitor.monitor.early_stopping.NeuralPersistenceStopping`
+            that stops the training (``control.should_training_stop``) when it decides, or
+            ``None``; it needs the neural-persistence family (``np_every_n_*``) on.
 
     Attributes:
         monitor: the :class:`~geomonitor.monitor.Monitor` of the current (or last) run, or
@@ -222,6 +233,7 @@ class GeometryTrainerCallback(TrainerCallback):
         max_pending: int = 4,
         max_overhead: float | None = 0.05,
         wandb_max_layers: int | None = DEFAULT_MAX_LAYERS,
+        early_stopping: NeuralPersistenceStopping | None = None,
     ) -> None:
         layers = check.layers(layers)
         self.wandb_max_layers = check_max_layers(wandb_max_layers, "wandb_max_layers")
@@ -249,6 +261,13 @@ class GeometryTrainerCallback(TrainerCallback):
             attention_every_n_steps=attention_every_n_steps,
             attention_every_n_epochs=attention_every_n_epochs)
         build_families(seed=probe_seed, **self._options)  # the families' own checks, now
+        if early_stopping is not None and not isinstance(early_stopping, NeuralPersistenceStopping):
+            raise ValueError("early_stopping must be a NeuralPersistenceStopping or None, got "
+                             f"{early_stopping!r}")
+        if early_stopping is not None and np_every_n_steps is None and np_every_n_epochs is None:
+            raise ValueError("early_stopping needs neural persistence measured: set "
+                             "np_every_n_epochs (Algorithm 2: 1) or np_every_n_steps")
+        self.early_stopping = early_stopping
         self._kwargs = dict(layers=layers, reduce=reduce, probe_size=probe_size,
                             probe_seed=probe_seed, strict=strict, max_pending=max_pending,
                             max_overhead=max_overhead)
@@ -288,6 +307,7 @@ class GeometryTrainerCallback(TrainerCallback):
                     **kwargs: Any) -> None:
         if self.monitor is not None and not self._ended:
             self._step(state.global_step, optimizer=optimizer)
+            self._stop_if_decided(control)
 
     def on_epoch_end(self, args: Any, state: Any, control: Any, optimizer: Any = None,
                      **kwargs: Any) -> None:
@@ -295,6 +315,7 @@ class GeometryTrainerCallback(TrainerCallback):
             # state.epoch is e + 1 after a full epoch e (0-based), e + fraction after a partial one
             epoch = max(0, math.ceil(round(float(state.epoch or 0.0), 6)) - 1)
             self._step(state.global_step, optimizer=optimizer, epoch_end=True, epoch=epoch)
+            self._stop_if_decided(control)
             stops = bool(getattr(control, "should_training_stop", False))
             if stops or 0 < (state.max_steps or 0) <= state.global_step:
                 # the last hook before the integrations' on_train_end: deliver what is pending
@@ -351,7 +372,9 @@ class GeometryTrainerCallback(TrainerCallback):
         sink = LogHistorySink(state, _report_to_wandb(args), handler=handler, args=args,
                               wandb_max_layers=self.wandb_max_layers)
         self._ended = False
-        self.monitor = Monitor(model, probe=probe, sink=sink,
+        if self.early_stopping is not None:
+            self.early_stopping.reset()
+        self.monitor = Monitor(model, probe=probe, sink=sink, stopping=self.early_stopping,
                                families=build_families(seed=seed, **self._options),
                                forward_fn=self.forward_fn, loss_fn=self.loss_fn or model_loss,
                                total_steps=lambda: state.max_steps, **self._kwargs)
@@ -373,6 +396,10 @@ class GeometryTrainerCallback(TrainerCallback):
                           MonitorWarning, stacklevel=3)
             return None
         return torch.load(path, weights_only=True)
+
+    def _stop_if_decided(self, control: Any) -> None:
+        if self.monitor is not None and self.monitor.should_stop:
+            control.should_training_stop = True
 
     def _step(self, step: int, **kwargs: Any) -> None:
         assert self.monitor is not None

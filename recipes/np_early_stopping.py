@@ -2,6 +2,7 @@
 
     python recipes/np_early_stopping.py               # 5 seeds, W&B offline, a few minutes on 2 cores
     python recipes/np_early_stopping.py --online      # stream to W&B
+    python recipes/np_early_stopping.py --sweep --max-epochs 150   # patience sweep, about 2 min
 
 Both runs of a seed start from the same initialisation and see the same batches: an MLP
 64-128-64-10 (ReLU, Adam 1e-3, batch 32) on a 60/20/20 train/validation/test split, at most
@@ -10,6 +11,15 @@ Both runs of a seed start from the same initialisation and see the same batches:
 ``val_loss``; both with patience 3 and min_delta 0. Printed: a markdown table of the epochs
 trained, the epochs saved (``max_epochs`` - trained) and the test accuracy at the stop; saved:
 ``<out>/np_early_stopping.png`` and ``<out>/np_early_stopping.md``.
+
+``--sweep``: the same MLP, initialisation and split trained once per seed for ``--max-epochs``
+epochs in a plain loop (Adam 1e-3, batch 32, a seeded shuffle), recording per epoch the mean
+normalised neural persistence, the validation loss and the test accuracy; then both criteria
+are applied to the recorded sequences for each patience in ``--patience`` (a criterion only
+reads the past, so this equals stopping the run there) -- the neural-persistence one with
+:class:`~geomonitor.monitor.early_stopping.NeuralPersistenceStopping`. Printed: a markdown table
+per patience (mean epochs trained, runs stopped before the end, test accuracy at the stop) and
+the epoch of each run's largest neural persistence; saved: ``<out>/np_early_stopping_sweep.md``.
 """
 from __future__ import annotations
 
@@ -25,6 +35,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from geomonitor.callbacks.early_stopping import NeuralPersistenceEarlyStopping
+from geomonitor.monitor.early_stopping import NP_KEY, NeuralPersistenceStopping
+from geomonitor.monitor.families.neural_persistence import neural_persistence_metrics
 
 
 class MLP(pl.LightningModule):
@@ -127,6 +139,67 @@ def figure(rows: list[dict[str, float]], path: str) -> None:
     plt.close(fig)
 
 
+def record(seed: int, epochs: int) -> dict[str, list[float]]:
+    """Per epoch: neural persistence, validation loss and test accuracy of one plain-loop run."""
+    train, val, test = splits(seed)
+    model = MLP()
+    with torch.no_grad():  # the initialisation of fit_one
+        gen = torch.Generator().manual_seed(1000 + seed)
+        for p in model.parameters():
+            bound = 1.0 / p.shape[-1] ** 0.5
+            p.uniform_(-bound, bound, generator=gen)
+    opt = torch.optim.Adam(model.parameters(), lr=model.lr)
+    order = torch.Generator().manual_seed(seed)
+    x, y = train.tensors
+    out: dict[str, list[float]] = {"np": [], "val_loss": [], "test_acc": []}
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=order)
+        for i in range(0, len(x), 32):
+            idx = perm[i:i + 32]
+            loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            out["np"].append(neural_persistence_metrics(model, per_layer=False)[NP_KEY])
+            out["val_loss"].append(float(nn.functional.cross_entropy(model(val.tensors[0]), val.tensors[1])))
+            out["test_acc"].append(float((model(test.tensors[0]).argmax(1) == test.tensors[1]).float().mean()))
+    return out
+
+
+def stop_epochs(values: list[float], patience: int, mode: str) -> int:
+    """Epochs trained when stopping on ``values`` with ``patience`` (``len(values)``: no stop)."""
+    if mode == "max":
+        rule = NeuralPersistenceStopping(patience=patience)
+        hit = next((e for e, v in enumerate(values) if rule.update(e, v) is not None), None)
+        return len(values) if hit is None else hit + 1
+    best, wait = float("inf"), 0  # Lightning's EarlyStopping(mode="min", min_delta=0)
+    for e, v in enumerate(values):
+        best, wait = (v, 0) if v < best else (best, wait + 1)
+        if wait >= patience:
+            return e + 1
+    return len(values)
+
+
+def sweep(seeds: int, epochs: int, patiences: list[int]) -> str:
+    runs = [record(seed, epochs) for seed in range(seeds)]
+    lines = [f"| patience | NP: epochs trained (of {epochs}) | NP: stopped before the end | NP: test accuracy "
+             "| val loss: epochs trained | val loss: test accuracy |", "|---|---|---|---|---|---|"]
+    for pat in patiences:
+        cells = []
+        for key, mode in (("np", "max"), ("val_loss", "min")):
+            ks = [stop_epochs(r[key], pat, mode) for r in runs]
+            acc = [r["test_acc"][k - 1] for r, k in zip(runs, ks)]
+            cells.append((statistics.mean(ks), sum(k < epochs for k in ks), statistics.mean(acc)))
+        (ne, nstop, nacc), (ve, _, vacc) = cells
+        lines.append(f"| {pat} | {ne:.1f} | {nstop}/{seeds} | {nacc:.4f} | {ve:.1f} | {vacc:.4f} |")
+    peaks = [max(range(epochs), key=lambda e, r=r: r["np"][e]) + 1 for r in runs]
+    lines.append("")
+    lines.append(f"epoch of the largest neural persistence, per seed: {peaks}; first -> last value: "
+                 + ", ".join(f"{r['np'][0]:.3f} -> {r['np'][-1]:.3f}" for r in runs))
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=5)
@@ -134,7 +207,17 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     ap.add_argument("--out", default=os.path.join("recipes", "out"), help="output folder")
     ap.add_argument("--online", action="store_true", help="stream to W&B instead of offline")
     ap.add_argument("--no-wandb", action="store_true", help="no logger at all")
+    ap.add_argument("--sweep", action="store_true", help="plain-loop patience sweep (see the docstring)")
+    ap.add_argument("--patience", type=int, nargs="+", default=[1, 2, 3, 5], help="patiences of --sweep")
     args = ap.parse_args(argv)
+    if args.sweep:
+        torch.set_num_threads(2)
+        os.makedirs(args.out, exist_ok=True)
+        md = sweep(args.seeds, args.max_epochs, args.patience)
+        print(md)
+        with open(os.path.join(args.out, "np_early_stopping_sweep.md"), "w") as f:
+            f.write(md + "\n")
+        return []
     if args.online:
         os.environ["WANDB_MODE"] = "online"
     else:

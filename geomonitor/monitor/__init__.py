@@ -14,6 +14,8 @@
 * :func:`as_sink` -- what the engine accepts as a sink (:mod:`.sink`);
 * alert rules live in :mod:`geomonitor.monitor.alerts` (transformer instability rules in
   :mod:`geomonitor.monitor.attention_alerts`).
+* early stopping on neural persistence (Rieck et al. 2019), ``Monitor(stopping=...)``:
+  :mod:`geomonitor.monitor.early_stopping`.
 """
 from geomonitor.monitor.cost import CostCap
 from geomonitor.monitor.engine import Monitor, MonitorWarning

@@ -31,6 +31,10 @@ call is awaited at most ``sink_timeout`` seconds (:mod:`geomonitor.monitor.deliv
 (:mod:`geomonitor.monitor.ranks`); background jobs in flight at a ``state_dict`` are counted
 as dropped by the run that resumes from it.
 
+Early stopping: ``stopping=NeuralPersistenceStopping(...)`` (or a list of them) is fed every
+delivered ``geometry/neural_persistence/mean`` (:mod:`geomonitor.monitor.early_stopping`);
+read ``monitor.should_stop`` after ``step`` and leave the loop when it is ``True``.
+
 Cost between due steps: a few comparisons per family.
 """
 from __future__ import annotations
@@ -46,6 +50,7 @@ from torch import nn
 
 from geomonitor.monitor.cost import PAUSED, CostCap, run_length
 from geomonitor.monitor.delivery import SinkCaller
+from geomonitor.monitor.early_stopping import NeuralPersistenceStopping
 from geomonitor.monitor.family import Context, Family, Measurement
 from geomonitor.monitor.keys import metric_key
 from geomonitor.monitor.layers import LayerSelector, capture_activations
@@ -106,6 +111,9 @@ class Monitor:
             then spreads the whole run's budget (:mod:`geomonitor.monitor.cost`).
         verbose: print the periods in force when the plan changes them, and the summary at
             ``close`` (rank 0 only).
+        stopping: a :class:`~geomonitor.monitor.early_stopping.NeuralPersistenceStopping` or a
+            list of them, fed the neural persistence this monitor delivers (the
+            ``neural_persistence`` family must run); see :attr:`should_stop`.
         **family_options: passed to :func:`geomonitor.monitor.families.build_families`
             (``id_every_n_steps=50``, ``topology_every_n_epochs=None``, ...).
 
@@ -124,6 +132,7 @@ class Monitor:
                  broadcast: Callable[[Any], Any] | None = None,
                  total_steps: int | Callable[[], Any] | None = None,
                  verbose: bool = True,
+                 stopping: NeuralPersistenceStopping | Sequence[NeuralPersistenceStopping] | None = None,
                  **family_options: Any) -> None:
         if not isinstance(model, nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -182,6 +191,7 @@ class Monitor:
         self._started = False
         self._closed = False
         self._setup_families()
+        self.stopping = self._check_stopping(stopping)
         self._worker = BackgroundWorker(max_pending=max_pending, interrupt=self._close_families)
 
     # -- public -----------------------------------------------------------------------------
@@ -194,6 +204,11 @@ class Monitor:
     def modules(self) -> dict[str, nn.Module]:
         """The selected layers, name -> module."""
         return dict(self._modules)
+
+    @property
+    def should_stop(self) -> bool:
+        """Whether a ``stopping`` rule has decided to stop (read after :meth:`step`)."""
+        return any(rule.should_stop for rule in self.stopping)
 
     def step(self, step: int, *, loss: Any = None, optimizer: torch.optim.Optimizer | None = None,
              epoch_end: bool = False, epoch: int | None = None) -> dict[str, float]:
@@ -284,7 +299,8 @@ class Monitor:
                 "dropped": dict(self.dropped), "measured": dict(self.measured),
                 "last": dict(self._last), "epoch": self._epoch,
                 "pending": [[s, n] for s, n in self._inflight],
-                "cost": self.cap.state_dict(), "periods": self.periods.state_dict()}
+                "cost": self.cap.state_dict(), "periods": self.periods.state_dict(),
+                "stopping": [rule.state_dict() for rule in self.stopping]}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`. The arguments this monitor was built with win: a
@@ -309,6 +325,12 @@ class Monitor:
             setattr(self, name if name != "last" else "_last",
                     {str(k): int(v) for k, v in state.get(name, {}).items()})
         self._epoch = int(state.get("epoch", 0))
+        saved_rules = list(state.get("stopping", []))
+        if saved_rules and len(saved_rules) != len(self.stopping):
+            raise ValueError(f"the checkpoint holds {len(saved_rules)} stopping rule(s), this "
+                             f"monitor has {len(self.stopping)}")
+        for rule, saved in zip(self.stopping, saved_rules):
+            rule.load_state_dict(saved)
         self._errors_base = dict(self.errors)
         for step, name in state.get("pending", []):  # in flight at the save: lost, counted
             self._count_drop(str(name), int(step))
@@ -361,6 +383,17 @@ class Monitor:
                 for fam in self.families:
                     if fam.needs_activations:
                         self._disable(fam, f"no layer to capture: {exc}")
+
+    def _check_stopping(self, stopping: Any) -> list[NeuralPersistenceStopping]:
+        rules = [] if stopping is None else (
+            [stopping] if isinstance(stopping, NeuralPersistenceStopping) else list(stopping))
+        if not all(isinstance(r, NeuralPersistenceStopping) for r in rules):
+            raise ValueError("stopping must be a NeuralPersistenceStopping, a list of them or "
+                             f"None, got {stopping!r}")
+        if rules and not any(f.enabled and f.name == "neural_persistence" for f in self.families):
+            raise ValueError("stopping needs the neural_persistence family running (e.g. "
+                             "np_every_n_epochs=1); it is absent or disabled")
+        return rules
 
     def _disable(self, fam: Family, reason: str | None) -> None:
         fam.enabled = reason is None
@@ -536,6 +569,8 @@ class Monitor:
         for step in sorted(self._outbox):
             metrics = self._outbox.pop(step)
             self._call_sink("log_metrics", metrics, step)
+            for rule in self.stopping:
+                rule.observe(step, metrics)
             self.latest.update(metrics)
             delivered.update(metrics)
         return delivered

@@ -106,7 +106,7 @@ def test_mlp_every_metric_against_numpy():
     ncc = ((h2[:, None, :] - means[None]) ** 2).sum(2).argmin(1)
     assert m.metrics[nc("nc4")] == pytest.approx((pred != ncc).mean())
     assert {nc(s) for s in ("nc2_equinorm", "nc2_equiangular", "nc3")} <= set(m.metrics)
-    assert len(m.metrics) == 8 + 9 + 2 + 5
+    assert len(m.metrics) == 8 + 12 + 2 + 5
     # without labels: no neural collapse
     m2 = fam.run(_ctx(net, (x,), layers=["1"]))
     assert not any(key.startswith("geometry/neural_collapse") for key in m2.metrics)
@@ -161,7 +161,7 @@ def test_transformer_encoder():
     assert metric_key("symmetry", "layers.1.linear1", "rankme") in m.metrics
     # the classifier candidate sees (T, B, D) token features: no neural collapse
     assert not any(k.startswith("geometry/neural_collapse") for k in m.metrics)
-    assert len(m.metrics) == 2 * 4 + 4 * 3 + 1
+    assert len(m.metrics) == 2 * 4 + 4 * 4 + 1
 
 
 def test_tiny_gpt2_logs_ranks_only():
@@ -179,9 +179,9 @@ def test_tiny_gpt2_logs_ranks_only():
     W = model.transformer.h[0].mlp.c_fc.weight.detach().double().numpy().T  # Conv1D: (in, out)
     assert m.metrics[metric_key("symmetry", "transformer.h.0.mlp.c_fc", "effective_rank")] == \
         pytest.approx(_erank_np(W), rel=1e-5)
-    assert sorted({k.split("/")[-1] for k in m.metrics}) == ["effective_rank", "rankme", "stable_rank",
-                                                               "weight_norm"]
-    assert len(m.metrics) == 9 * 3 + 1
+    assert sorted({k.split("/")[-1] for k in m.metrics}) == ["collapsed", "effective_rank", "rankme",
+                                                               "stable_rank", "weight_norm"]
+    assert len(m.metrics) == 9 * 4 + 1
 
 
 class _ResNet(nn.Module):
@@ -230,6 +230,64 @@ def test_weight_norm_shows_a_collapse_the_scale_blind_ranks_miss():
         assert after[k(name, "effective_rank")] == pytest.approx(before[k(name, "effective_rank")], rel=1e-9)
         assert after[k(name, "weight_norm")] == pytest.approx(np.sqrt((W ** 2).sum()), rel=1e-12)
         assert after[k(name, "weight_norm")] == pytest.approx(1e-3 * before[k(name, "weight_norm")], rel=1e-9)
+
+
+def _collapsed_np(W, first, fraction=0.05, rms=1e-4):
+    """The documented collapse rule in numpy: ||W||_F < fraction ||W_0||_F or RMS(W) < rms."""
+    norm = np.sqrt((W.astype(np.float64) ** 2).sum())
+    return float(norm < fraction * first or norm / np.sqrt(W.size) < rms)
+
+
+def test_collapse_flag_on_a_model_scaled_down_by_1e3():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 3))
+    x = torch.rand(16, 12)
+    k = lambda layer: metric_key("symmetry", layer, "collapsed")  # noqa: E731
+    first = {n: np.linalg.norm(_np(net[int(n)].weight)) for n in ("0", "2")}
+    fam = SymmetryFamily(Every(n_steps=1), activation_ranks=False, collapse=False)
+    fresh = SymmetryFamily(Every(n_steps=1), activation_ranks=False, collapse=False)
+    only_fraction = SymmetryFamily(Every(n_steps=1), activation_ranks=False, collapse=False,
+                                   weight_collapse_rms=None)
+    only_floor = SymmetryFamily(Every(n_steps=1), activation_ranks=False, collapse=False,
+                                weight_collapse_fraction=None)
+    before = fam.run(_ctx(net, (x,))).metrics
+    only_fraction.run(_ctx(net, (x,)))
+    only_floor.run(_ctx(net, (x,)))
+    for name in ("0", "2"):
+        assert before[k(name)] == _collapsed_np(_np(net[int(name)].weight), first[name]) == 0.0
+    # a milder shrink (x 0.2) is not a collapse under the defaults
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(0.2)
+    mild = fam.run(_ctx(net, (x,))).metrics
+    for name in ("0", "2"):
+        assert mild[k(name)] == _collapsed_np(_np(net[int(name)].weight), first[name]) == 0.0
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(1e-3 / 0.2)  # what strong weight decay does: every weight x 1e-3 of its start
+    after = fam.run(_ctx(net, (x,))).metrics
+    late = fresh.run(_ctx(net, (x,))).metrics  # first measured after the collapse: the floor
+    by_fraction = only_fraction.run(_ctx(net, (x,))).metrics
+    by_floor = only_floor.run(_ctx(net, (x,))).metrics
+    for name in ("0", "2"):
+        W = _np(net[int(name)].weight)
+        rms = np.sqrt((W ** 2).mean())
+        assert after[k(name)] == _collapsed_np(W, first[name]) == 1.0
+        assert after[metric_key("symmetry", name, "effective_rank")] == pytest.approx(
+            before[metric_key("symmetry", name, "effective_rank")], rel=1e-5)  # the ranks cannot see it
+        assert by_fraction[k(name)] == float(np.linalg.norm(W) < 0.05 * first[name]) == 1.0
+        assert late[k(name)] == by_floor[k(name)] == float(rms < 1e-4)
+        assert late[k(name)] == _collapsed_np(W, np.linalg.norm(W))
+    # default-initialised fan-in 12 and 10: RMS x 1e-3 is ~1.6e-4 and ~1.8e-4, above the floor
+    assert [late[k(n)] for n in ("0", "2")] == [0.0, 0.0]
+    tighter = SymmetryFamily(Every(n_steps=1), activation_ranks=False, collapse=False,
+                             weight_collapse_rms=1e-3).run(_ctx(net, (x,))).metrics
+    assert [tighter[k(n)] for n in ("0", "2")] == [1.0, 1.0]
+    # the first norms survive a state round trip (a resumed run compares with the run's start)
+    resumed = SymmetryFamily(Every(n_steps=1), activation_ranks=False, collapse=False)
+    resumed.load_state_dict(fam.state_dict())
+    assert resumed.first_norm == pytest.approx(first, rel=1e-6)
+    assert resumed.run(_ctx(net, (x,))).metrics[k("0")] == 1.0
 
 
 def test_large_layers_get_a_power_iteration_stable_rank_only():
@@ -311,6 +369,10 @@ def test_setup_and_errors():
     ({"activation_ranks": None}, r"activation_ranks must be a bool, got None"),
     ({"collapse": "yes"}, r"collapse must be a bool, got 'yes'"),
     ({"seed": 1.0}, r"seed must be an int, got 1.0"),
+    ({"weight_collapse_fraction": 1.0}, r"weight_collapse_fraction must be a number in \(0, 1\) or None, got 1.0"),
+    ({"weight_collapse_fraction": True}, r"weight_collapse_fraction must be a number in \(0, 1\) or None, got True"),
+    ({"weight_collapse_rms": 0.0}, r"weight_collapse_rms must be a number > 0 and finite or None, got 0.0"),
+    ({"weight_collapse_rms": math.inf}, r"weight_collapse_rms must be a number > 0 and finite or None, got inf"),
 ])
 def test_argument_errors(kw, match):
     with pytest.raises(ValueError, match=match):

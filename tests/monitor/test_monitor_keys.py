@@ -20,6 +20,8 @@ from geomonitor.monitor.keys import FAMILIES, LAYER_STATS, LAYERED, layers_key, 
     (("neural_persistence", None, "mean"), "geometry/neural_persistence/mean"),
     (("neural_persistence", "fc1"), "geometry/neural_persistence/fc1"),
     (("symmetry", "fc1", "imbalance"), "geometry/symmetry/fc1/imbalance"),
+    (("symmetry", "fc1", "weight_norm"), "geometry/symmetry/fc1/weight_norm"),
+    (("symmetry", "fc1", "collapsed"), "geometry/symmetry/fc1/collapsed"),
     (("neural_collapse", "fc2", "nc1"), "geometry/neural_collapse/fc2/nc1"),
     (("connectivity", None, "barrier"), "geometry/connectivity/barrier"),
     (("equivariance", "rot90", "output"), "geometry/equivariance/rot90/output"),
@@ -97,7 +99,7 @@ def test_no_key_is_both_a_leaf_and_a_prefix():
     keys += [metric_key("dropped", f) for f in ("id", "topology")]
     keys += [metric_key("symmetry", layer, s) for layer in layers
              for s in ("imbalance", "imbalance_rel", "dead_fraction", "duplicates", "effective_rank",
-                       "stable_rank", "weight_norm", "rankme")]
+                       "stable_rank", "weight_norm", "collapsed", "rankme")]
     leaves = set(keys)
     parents = {k.rsplit("/", i)[0] for k in keys for i in range(1, k.count("/"))}
     assert len(leaves) == len(keys)

@@ -31,3 +31,31 @@ def test_recipe_smoke(tmp_path, wandb_dir, capsys):
     assert len(runs) == 2
     np_rows = [h for f in runs for h in wandb_offline.history(f) if "geometry/neural_persistence/mean" in h]
     assert np_rows and all(0.0 <= h["geometry/neural_persistence/mean"] <= 1.0 for h in np_rows)
+
+
+def _brute_stop(values, patience, sign):
+    """Epochs trained under 'no improvement for `patience` values' on sign * values (max)."""
+    best, wait = -float("inf"), 0
+    for e, v in enumerate(values):
+        if sign * v > best:
+            best, wait = sign * v, 0
+        else:
+            wait += 1
+            if wait >= patience:
+                return e + 1
+    return len(values)
+
+
+def test_sweep_smoke_and_stop_epochs(tmp_path, capsys):
+    mod = _load()
+    assert mod.main(["--sweep", "--seeds", "1", "--max-epochs", "3", "--patience", "1", "2",
+                     "--out", str(tmp_path)]) == []
+    out = capsys.readouterr().out
+    assert "| patience | NP: epochs trained (of 3) |" in out and "\n| 1 | " in out and "\n| 2 | " in out
+    assert (tmp_path / "np_early_stopping_sweep.md").read_text().strip() == out.strip()
+    run = mod.record(0, 3)
+    assert all(len(v) == 3 for v in run.values()) and all(0 < v < 1 for v in run["np"])
+    for values in ([0.1, 0.3, 0.2, 0.25, 0.4], [0.5, 0.4, 0.3], [1.0, 1.0, 2.0, 0.5, 0.5]):
+        for pat in (1, 2, 3):
+            assert mod.stop_epochs(values, pat, "max") == _brute_stop(values, pat, 1.0)
+            assert mod.stop_epochs(values, pat, "min") == _brute_stop(values, pat, -1.0)

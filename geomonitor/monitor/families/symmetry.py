@@ -21,6 +21,8 @@ key                                         what
 ``geometry/symmetry/<l>/stable_rank``       ``||W||_F^2 / ||W||_2^2`` of ``l``'s weight
 ``geometry/symmetry/<l>/weight_norm``       ``||W||_F`` of ``l``'s weight (the matrix the
                                             ranks are computed on, bias excluded)
+``geometry/symmetry/<l>/collapsed``         1.0 when ``l``'s weight has collapsed (the rule
+                                            below), else 0.0
 ``geometry/symmetry/<s>/rankme``            RankMe (uncentred, eps 1e-7) of the activations
                                             of each layer ``s`` the engine selected
 ``geometry/neural_collapse/<c>/nc1``        NC1 of the classifier ``c``'s input features
@@ -32,6 +34,21 @@ Ranks are scale-blind: ``W`` and ``c W`` have the same effective and stable rank
 ``c > 0``, so a weight decayed to almost nothing (a total collapse, chance accuracy) can still
 read a high rank. ``weight_norm`` is logged beside them so that such a collapse shows (it is
 logged whenever ``weight_ranks`` is on, also for weights too large for an SVD).
+
+The collapse flag ``collapsed`` reads the norm: with ``W`` of ``n`` entries and ``W_0`` the weight
+at the first measurement of this family (kept in its state, so a resumed run compares with the
+run's first value),
+
+    collapsed = 1  iff  ||W||_F < weight_collapse_fraction * ||W_0||_F     (default 0.05)
+                    or  ||W||_F / sqrt(n) < weight_collapse_rms            (default 1e-4)
+
+i.e. the weight has lost 95% of its first norm, or its root-mean-square entry is below 1e-4.
+The floor is for a collapse that happened before the monitor's first measurement: PyTorch's
+default initialisation has RMS 1/sqrt(3 fan_in), above 1e-4 for any fan-in below 3e7, and
+the same weights scaled by 1e-3 fall below it from a fan-in of about 33 (a smaller layer needs
+a tighter ``weight_collapse_rms``). Either test is off with ``None``. Healthy weight decay
+shrinks norms by far less than 20-fold; a total collapse (the weights decayed to ~0 and chance
+accuracy) passes the first test.
 
 ``a`` runs over the pairs (a, b) found by :func:`geomonitor.symmetry.find_pairs` (computed
 at the first measurement and kept: it depends on the architecture only); ``l`` over every
@@ -101,6 +118,10 @@ class SymmetryFamily(Family):
         rankme_eps: RankMe's epsilon (Garrido et al. 2023 use 1e-7).
         weight_ranks, activation_ranks, collapse: switch the ranks and norm of the weights,
             RankMe of the selected layers and neural collapse on or off.
+        weight_collapse_fraction: ``collapsed`` when the norm is below this fraction of its
+            first measured value, in (0, 1), or ``None`` (default 0.05).
+        weight_collapse_rms: ``collapsed`` when ``||W||_F / sqrt(n)`` is below this, > 0, or
+            ``None`` (default 1e-4).
         seed: seed of the generator drawing Lanczos' start vectors.
 
     Raises:
@@ -117,7 +138,9 @@ class SymmetryFamily(Family):
     def __init__(self, schedule: Every, *, duplicate_threshold: float = 0.99,
                  max_svd_size: int | None = 1024, rankme_eps: float = 1e-7,
                  weight_ranks: bool = True, activation_ranks: bool = True,
-                 collapse: bool = True, seed: int = 0) -> None:
+                 collapse: bool = True, seed: int = 0,
+                 weight_collapse_fraction: float | None = 0.05,
+                 weight_collapse_rms: float | None = 1e-4) -> None:
         super().__init__(schedule)
         if (isinstance(duplicate_threshold, bool) or not isinstance(duplicate_threshold, (int, float))
                 or not 0 < duplicate_threshold < 1):
@@ -135,6 +158,15 @@ class SymmetryFamily(Family):
                 raise ValueError(f"{flag} must be a bool, got {value!r}")
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise ValueError(f"seed must be an int, got {seed!r}")
+        for flag, value, high in (("weight_collapse_fraction", weight_collapse_fraction, 1.0),
+                                  ("weight_collapse_rms", weight_collapse_rms, math.inf)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                      or not 0 < value < high):
+                span = "in (0, 1)" if high == 1.0 else "> 0 and finite"
+                raise ValueError(f"{flag} must be a number {span} or None, got {value!r}")
+        self.weight_collapse_fraction = weight_collapse_fraction
+        self.weight_collapse_rms = weight_collapse_rms
+        self.first_norm: dict[str, float] = {}  # ||W||_F at the first measurement, per layer
         self.duplicate_threshold = float(duplicate_threshold)
         self.max_svd_size = max_svd_size
         self.rankme_eps = float(rankme_eps)
@@ -264,7 +296,14 @@ class SymmetryFamily(Family):
         M = as_real(w, f"{name}.weight", min_dim=2)
         M = M.reshape(M.shape[0], -1)
         fro2 = float(M.to(torch.float64).pow(2).sum())
-        out.metrics[metric_key("symmetry", name, "weight_norm")] = math.sqrt(fro2)
+        norm = math.sqrt(fro2)
+        out.metrics[metric_key("symmetry", name, "weight_norm")] = norm
+        first = self.first_norm.setdefault(name, norm)
+        collapsed = ((self.weight_collapse_fraction is not None
+                      and norm < self.weight_collapse_fraction * first)
+                     or (self.weight_collapse_rms is not None
+                         and norm < self.weight_collapse_rms * math.sqrt(M.numel())))
+        out.metrics[metric_key("symmetry", name, "collapsed")] = float(collapsed)
         if self.max_svd_size is None or min(M.shape) <= self.max_svd_size:
             s = singular_values(M, f"{name}.weight").to(torch.float64)  # one SVD for both ranks
             top = float(s[0])
@@ -289,10 +328,12 @@ class SymmetryFamily(Family):
 
     # -- state ---------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """The Lanczos generator's state (the pairs are recomputed from the model)."""
-        return {"generator": self.generator.get_state()}
+        """The Lanczos generator's state and the first weight norms (the pairs are recomputed
+        from the model)."""
+        return {"generator": self.generator.get_state(), "first_norm": dict(self.first_norm)}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if "generator" not in state:
             raise ValueError(f"state for family 'symmetry' lacks key 'generator', got {sorted(state)}")
         self.generator.set_state(state["generator"])
+        self.first_norm = {str(k): float(v) for k, v in state.get("first_norm", {}).items()}
