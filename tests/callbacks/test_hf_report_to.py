@@ -105,12 +105,22 @@ def test_tensorboard_gets_every_geometry_value_at_its_step(tmp_path, monkeypatch
     assert n_rows == 3
 
 
+
+def _synchronous(mlflow, monkeypatch):
+    """MLflowCallback logs asynchronously (mlflow >= 2.8); two batches creating the same nested
+    metric folder of the file store race ("[Errno 17] File exists": a batch is lost), whoever
+    logs them. The tests log synchronously, so that they read back what was sent."""
+    log_metrics = mlflow.log_metrics
+    monkeypatch.setattr(mlflow, "log_metrics",
+                        lambda *a, **k: log_metrics(*a, **{**k, "synchronous": True}))
+
 def test_mlflow_gets_every_geometry_value_at_its_step(tmp_path, monkeypatch):
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     uri = (tmp_path / "mlruns").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "geometry-hf")
+    _synchronous(mlflow, monkeypatch)
     cb = _cb()
     trainer = fit(tmp_path, cb, report_to=["mlflow"])
     assert cb.errors == {}
@@ -156,6 +166,7 @@ def test_only_integrations_get_the_values_and_a_failing_one_is_warned_once(tmp_p
     uri = (tmp_path / "mlruns").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "geometry-hf-broken")
+    _synchronous(mlflow, monkeypatch)
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
     recorder, cb = _Recorder(), _cb()
     trainer = Trainer(tiny_gpt2(), training_args(tmp_path, report_to=["mlflow"]),
