@@ -19,6 +19,7 @@ from geomonitor.monitor.schedule import Every
 
 
 def _gpt2():
+    pytest.importorskip("transformers")  # the test extra's; the core install has none
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
