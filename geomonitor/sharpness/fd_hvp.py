@@ -48,12 +48,33 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from geomonitor.sharpness.hvp import checked_loss, flat_dtype, flat_grads, trainable
+
+
+class ReplayedRNG:
+    """The random streams (CPU, and ``device`` when it is a CUDA device) as they are now,
+    replayed for every gradient: ``with rng.replay(): ...`` runs its body inside a fork of
+    those streams set back to this state, so each gradient draws the same dropout masks and
+    the caller's streams are left as they were."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = [device] if device.type == "cuda" else []
+        self.cpu = torch.get_rng_state()
+        self.gpu = [torch.cuda.get_rng_state(d) for d in self.cuda]
+
+    @contextlib.contextmanager
+    def replay(self) -> Iterator[None]:
+        with torch.random.fork_rng(devices=self.cuda):
+            torch.set_rng_state(self.cpu)
+            for d, state in zip(self.cuda, self.gpu):
+                torch.cuda.set_rng_state(state, d)
+            yield
 
 __all__ = ["FiniteDifferenceHVP", "default_rel_step"]
 
@@ -92,8 +113,7 @@ class FiniteDifferenceHVP:
         # every gradient is taken with the same random stream (the same dropout masks of a
         # functional dropout, e.g. in an attention kernel), so the difference sees the
         # parameters' change alone: the loss is one deterministic function of theta
-        self._cuda = [self.device] if self.device.type == "cuda" else []
-        self._rng = (torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in self._cuda])
+        self._rng = ReplayedRNG(self.device)
         norm = math.sqrt(sum(float(t.double().pow(2).sum()) for t in self._theta))
         self.epsilon = (default_rel_step(self.dtype) if rel_step is None else float(rel_step)) * max(1.0, norm)
 
@@ -105,10 +125,7 @@ class FiniteDifferenceHVP:
             torch.add(t, step, alpha=sign * self.epsilon, out=p.data)
             offset += n
         try:
-            with torch.random.fork_rng(devices=self._cuda), torch.enable_grad():
-                torch.set_rng_state(self._rng[0])
-                for d, state in zip(self._cuda, self._rng[1]):
-                    torch.cuda.set_rng_state(state, d)
+            with self._rng.replay(), torch.enable_grad():
                 loss = checked_loss(self.loss_fn())
                 grads = torch.autograd.grad(loss, self.params, allow_unused=True)
         finally:

@@ -46,7 +46,7 @@ from typing import Callable, NamedTuple, Sequence
 
 import torch
 
-from geomonitor.sharpness.fd_hvp import default_rel_step
+from geomonitor.sharpness.fd_hvp import ReplayedRNG, default_rel_step
 from geomonitor.sharpness.hvp import checked_loss, flat_dtype, trainable
 
 __all__ = ["Layout", "ShardedFiniteDifferenceHVP", "all_reduce_sum", "is_sharded", "layout",
@@ -170,8 +170,7 @@ class ShardedFiniteDifferenceHVP:
         self.n_hvp = 0
         self.loss: torch.Tensor | None = None
         self._theta = [t.detach().clone() for t in self._local]
-        self._cuda = [self.device] if self.device.type == "cuda" else []
-        self._rng = (torch.get_rng_state(), [torch.cuda.get_rng_state(d) for d in self._cuda])
+        self._rng = ReplayedRNG(self.device)  # the same dropout masks for every gradient
         sq = torch.stack([t.double().pow(2).sum() for t in self._theta]).sum().reshape(1)
         norm = math.sqrt(float(all_reduce_sum(sq).item()))
         if rel_step is not None and (isinstance(rel_step, bool) or not isinstance(rel_step, (int, float))
@@ -193,10 +192,7 @@ class ShardedFiniteDifferenceHVP:
         try:
             for p in self.params:
                 p.grad = None
-            with torch.random.fork_rng(devices=self._cuda), torch.enable_grad():
-                torch.set_rng_state(self._rng[0])
-                for d, state in zip(self._cuda, self._rng[1]):
-                    torch.cuda.set_rng_state(state, d)
+            with self._rng.replay(), torch.enable_grad():
                 loss = checked_loss(self.loss_fn())
                 loss.backward()  # FSDP: all-gathers, then reduce-scatters the mean gradient
             flat = torch.cat([torch.zeros(t.numel(), device=self.device, dtype=self.dtype)
