@@ -60,6 +60,8 @@ _SCRIPT = textwrap.dedent('''
                              enable_model_summary=False, enable_checkpointing=False,
                              default_root_dir=OUT)
         trainer.fit(Net(), torch.utils.data.DataLoader(data, batch_size=8))
+        if torch.distributed.is_initialized():  # not left to interpreter shutdown
+            torch.distributed.destroy_process_group()
 ''')
 
 
