@@ -51,13 +51,35 @@ def _select(metrics: Mapping[str, Any], family: str, summary: str) -> dict[str, 
             if k.startswith(head) and k.endswith(tail) and len(k) > len(head) + len(tail)}
 
 
-class _EarlyReference(Rule):
+class _PerLayer(Rule):
+    """A rule on a mapping layer -> reading; ``WHAT`` names the reading, ``ACTION`` the advice.
+    :meth:`_worst` turns the layers past their limits into the alert: the furthest one's
+    value and limit, and every crossing named."""
+
+    WHAT = "value"
+    ACTION = ""
+
+    def _readings(self, value: Any) -> Mapping[str, Any]:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"value must be a mapping layer -> {self.WHAT} for {self.name!r}, "
+                             f"got {type(value).__name__}")
+        return value
+
+    @staticmethod
+    def _worst(crossed: list[tuple[float, str, float, float]], side: str
+               ) -> tuple[float, float, str]:
+        """``crossed``: (how far past, layer, value, limit), not empty."""
+        crossed = sorted(crossed, key=lambda c: (-c[0], c[1]))
+        _, _, v, limit = crossed[0]
+        shown = ", ".join(f"{name} = {val:.4g} ({side} {lim:.4g})" for _, name, val, lim in crossed)
+        return v, limit, shown
+
+
+class _EarlyReference(_PerLayer):
     """A per-layer reading against ``ratio`` x the mean of its first ``baseline`` finite
     readings, and against an absolute bound; ``ABOVE`` says which side is bad."""
 
     ABOVE = True
-    WHAT = "value"
-    ACTION = ""
 
     def __init__(self, ratio: float, bound: float | None, baseline: int, cooldown: int,
                  name: str | None) -> None:
@@ -76,12 +98,6 @@ class _EarlyReference(Rule):
             return None
         return min(limits) if self.ABOVE else max(limits)
 
-    def _readings(self, value: Any) -> Mapping[str, Any]:
-        if not isinstance(value, Mapping):
-            raise ValueError(f"value must be a mapping layer -> {self.WHAT} for {self.name!r}, "
-                             f"got {type(value).__name__}")
-        return value
-
     def _check(self, step: int, value: Any) -> tuple[float, float, str, str] | None:
         crossed = []
         for layer, v in self._readings(value).items():
@@ -97,10 +113,7 @@ class _EarlyReference(Rule):
                 early.append(v)
         if not crossed:
             return None
-        crossed.sort(key=lambda c: (-c[0], c[1]))
-        _, layer, v, limit = crossed[0]
-        side = "above" if self.ABOVE else "below"
-        shown = ", ".join(f"{name} = {val:.4g} ({side} {lim:.4g})" for _, name, val, lim in crossed)
+        v, limit, shown = self._worst(crossed, "above" if self.ABOVE else "below")
         return v, limit, f"{self.WHAT} {shown}", self.ACTION
 
     def _extra_state(self) -> dict[str, Any]:
@@ -110,12 +123,9 @@ class _EarlyReference(Rule):
         self.early = {str(k): [float(x) for x in v] for k, v in state["early"].items()}
 
 
-class _GrowthRate(Rule):
+class _GrowthRate(_PerLayer):
     """A per-layer reading ``factor`` x its value ``lag`` readings earlier (and above
     ``min_value``), or above ``limit``."""
-
-    WHAT = "value"
-    ACTION = ""
 
     def __init__(self, factor: float, lag: int, min_value: float, limit: float | None,
                  cooldown: int, name: str | None) -> None:
@@ -125,12 +135,6 @@ class _GrowthRate(Rule):
         self.min_value = _float_arg("min_value", min_value, 0.0, inclusive=True)
         self.limit = None if limit is None else _float_arg("limit", limit, 0.0)
         self.history: dict[str, deque[float]] = {}
-
-    def _readings(self, value: Any) -> Mapping[str, Any]:
-        if not isinstance(value, Mapping):
-            raise ValueError(f"value must be a mapping layer -> {self.WHAT} for {self.name!r}, "
-                             f"got {type(value).__name__}")
-        return value
 
     def _check(self, step: int, value: Any) -> tuple[float, float, str, str] | None:
         crossed = []
@@ -147,9 +151,7 @@ class _GrowthRate(Rule):
             hist.append(v)
         if not crossed:
             return None
-        crossed.sort(key=lambda c: (-c[0], c[1]))
-        _, layer, v, limit = crossed[0]
-        shown = ", ".join(f"{name} = {val:.4g} (limit {lim:.4g})" for _, name, val, lim in crossed)
+        v, limit, shown = self._worst(crossed, "limit")
         msg = (f"{self.WHAT} grew past {self.factor:g} x its value {self.lag} readings earlier"
                + ("" if self.limit is None else f" or past {self.limit:g}") + f": {shown}")
         return v, limit, msg, self.ACTION
