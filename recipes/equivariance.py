@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 import torch
@@ -53,6 +54,9 @@ from geomonitor.monitor.families.equivariance import EquivarianceFamily
 from geomonitor.monitor.family import Context
 from geomonitor.monitor.keys import metric_key
 from geomonitor.monitor.schedule import Every
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import save_figure  # noqa: E402
 
 LAYERS = ("act1", "pool1", "act2", "output")
 
@@ -165,10 +169,7 @@ def figure(runs: dict[str, dict[str, Any]], out: str) -> None:
         ax.set_xlabel("step")
     axes[0].set_ylabel("relative equivariance error, shift by 1")
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:

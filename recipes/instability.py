@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 from typing import Any
 
@@ -54,6 +55,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from geomonitor.connectivity import InstabilityPoint, instability
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import save_figure  # noqa: E402
 
 
 def noisy_digits(seed: int, label_noise: float
@@ -122,10 +126,7 @@ def figure(points: list[InstabilityPoint], out: str) -> None:
         ax.set_ylabel(f"{what} barrier (peak minus endpoints' mean)")
         ax.set_title(f"Instability: {what} barrier between the children")
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

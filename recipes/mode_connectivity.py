@@ -41,6 +41,7 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import sys
 from typing import Any
 
 import torch
@@ -52,6 +53,9 @@ from geomonitor.monitor.families.connectivity import ConnectivityFamily
 from geomonitor.monitor.family import Context
 from geomonitor.monitor.keys import metric_key
 from geomonitor.monitor.schedule import Every
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _common import save_figure  # noqa: E402
 
 REFERENCE = {"same init (A, A')": "~0.003", "different init, naive": "~0.35",
              "after weight matching": "~0.01"}
@@ -148,10 +152,7 @@ def figure(results: dict[str, Any], logged: list[tuple[int, dict[str, float]]], 
     ax2.set_title("Trajectory barrier of A (ConnectivityFamily)")
     if inst:
         ax2.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
