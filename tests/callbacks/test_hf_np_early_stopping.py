@@ -12,6 +12,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
 from geomonitor.callbacks import GeometryTrainerCallback  # noqa: E402
 from geomonitor.monitor.early_stopping import NP_KEY, NeuralPersistenceStopping  # noqa: E402
+from np_stopping_reference import algorithm2 as _algorithm2  # noqa: E402
 
 N_SAMPLES, SEQ, BATCH, EPOCHS = 40, 16, 8, 30  # 5 optimizer steps per epoch
 
@@ -52,19 +53,6 @@ def _callback(rule, **kw) -> GeometryTrainerCallback:
                 np_every_n_epochs=1, max_overhead=None, strict=True, early_stopping=rule)
     base.update(kw)
     return GeometryTrainerCallback(**base)
-
-
-def _algorithm2(values, g, delta_min=0.0):
-    """Rieck et al. 2019, Algorithm 2, verbatim: the 0-based epoch at which training stops."""
-    best, count = 0.0, 0
-    for epoch, p in enumerate(values):
-        if p > best + delta_min:
-            best, count = p, 0
-        else:
-            count += 1
-        if count >= g:
-            return epoch
-    return None
 
 
 def _np_values(trainer) -> list[tuple[int, float]]:

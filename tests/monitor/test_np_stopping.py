@@ -15,6 +15,7 @@ from torch import nn
 
 from geomonitor.monitor import Every, Monitor
 from geomonitor.monitor.early_stopping import NP_KEY, NeuralPersistenceStopping
+from np_stopping_reference import algorithm2 as _algorithm2
 from geomonitor.monitor.families.neural_persistence import NeuralPersistenceFamily
 from geomonitor.monitor.families.sharpness import SharpnessFamily
 
@@ -44,19 +45,6 @@ def _brute_force(values, patience, min_delta=0.0, burn_in=0, check_finite=True, 
         if wait >= patience:
             return i, "patience"
     return None, ""
-
-
-def _algorithm2(values, g, delta_min):
-    """Rieck et al. 2019, Algorithm 2, verbatim (best starts at 0)."""
-    best, count = 0.0, 0
-    for epoch, p in enumerate(values):
-        if p > best + delta_min:
-            best, count = p, 0
-        else:
-            count += 1
-        if count >= g:
-            return epoch
-    return None
 
 
 def _sequence(g: torch.Generator, n: int, *, bad: bool) -> list[float]:
